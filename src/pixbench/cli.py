@@ -1,0 +1,105 @@
+"""The `pixbench` command: thin Typer commands; heavy imports happen inside them.
+
+Flags pick a run and where it runs; hyper-parameters come only from params.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pixbench.errors import UserError
+
+app = typer.Typer(help="pixbench: pixel tokens vs patch tokens (arXiv 2406.09415), reproducibly.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Prepare dataset caches.", no_args_is_help=True)
+classify_app = typer.Typer(help="Supervised classification track.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(classify_app, name="classify")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file (hyper-parameters).")]
+ProfileOpt = Annotated[Optional[str], typer.Option(
+    "--profile", help="Run under another profile of params.yaml than its `profile` key.")]
+
+
+def _params(path: Path, profile: str | None):
+    from pixbench.config import load_params
+
+    params = load_params(path)
+    if profile is not None:
+        if profile not in params.profiles:
+            raise UserError(f"--profile {profile!r} is not one of {path}: profiles "
+                            f"({', '.join(params.profiles)})")
+        params = params.model_copy(update={"profile": profile})
+    return params
+
+
+@data_app.command("prepare")
+def data_prepare(params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None) -> None:
+    """Build the uint8 cache (arrays + labels + manifest) for the profile's data section."""
+    from pixbench.config import Paths
+    from pixbench.data.prepare import prepare
+
+    params = _params(params_path, profile)
+    paths = Paths()
+    out = paths.cache_for(params.profile)
+    manifest = prepare(params.active.data, out, paths.data_root)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+               + f" images, {manifest['image_size']}x{manifest['image_size']}x"
+                 f"{manifest['channels']}, {manifest['num_classes']} classes")
+
+
+@classify_app.command("run")
+def classify_run(
+    patch: Annotated[int, typer.Option("--patch", help="Patch size; 1 = pixel tokens.")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed for init, order and augmentation.")] = 0,
+    size: Annotated[Optional[str], typer.Option(
+        "--size", help="Model size key (xxs, xs, m, t, s, b, l); default: the profile's.")] = None,
+    stale: Annotated[str, typer.Option(
+        "--stale", help="A run dir left by another spec: 'error' or 'restart' (discard it).")] = "error",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+) -> None:
+    """Train and evaluate one ViT cell; resumes from its checkpoint after a kill."""
+    from pixbench.config import Paths, make_classify_spec
+    from pixbench.tasks.classify import run
+
+    if stale not in ("error", "restart"):
+        raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
+    spec = make_classify_spec(_params(params_path, profile), size=size, patch=patch, seed=seed)
+    metrics = run(spec, Paths(), stale=stale, device=device)
+    keys = ("run_id", "top1", "top5", "tokens", "params", "gflops_train", "train_img_per_s",
+            "infer_img_per_s", "peak_mem_mb", "wall_s")
+    typer.echo(json.dumps({k: metrics.get(k) for k in keys}))
+
+
+@app.command("report")
+def report_cmd(params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None) -> None:
+    """Assemble the Markdown report and PNG plots from every metrics file of the profile."""
+    from pixbench.config import Paths
+    from pixbench.report import build_report
+
+    params = _params(params_path, profile)
+    out = build_report(params, Paths())
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as exc:
+        if os.environ.get("PIXBENCH_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Pydantic mirror of params.yaml (extra="forbid"), PIXBENCH_* machine paths, and RunSpec.
+
+params.yaml is the only home of hyper-parameters. Its top-level `profile` is the one switch
+between the CPU default and the paper recipes; `sweep` lists the cells of the DVC matrix.
+Environment variables hold machine paths only; CLI flags pick a run and where it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pixbench.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+class DataConfig(Strict):
+    source: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder"] = Field(
+        description="Dataset source: the embedded Fashion-MNIST, CIFAR via torchvision, or an "
+                    "ImageFolder tree (ImageNet or your own data).")
+    image_size: int = Field(ge=4, le=512, description="Square side the cache stores, after "
+                            "antialiased resize (Fashion-MNIST, CIFAR) or centre crop + resize "
+                            "(ImageFolder).")
+    root: str | None = Field(None, description="ImageFolder root with train/ and val/, "
+                             "relative to PIXBENCH_DATA_ROOT unless absolute.")
+    allow_download: bool = Field(True, description="Download the source when it is missing "
+                                 "locally and the network answers.")
+
+
+# ------------------------------------------------------------------------------ classification
+
+
+class OptimConfig(Strict):
+    lr: float = Field(gt=0, description="Peak learning rate for the reference batch size.")
+    lr_ref_batch: int = Field(256, gt=0, description="Batch size the peak lr refers to; the "
+                              "used lr is lr * batch_size / lr_ref_batch (Goyal et al. 2017).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(ge=0, description="AdamW decoupled weight decay; not applied "
+                                "to biases, norms and position embeddings.")
+    warmup_epochs: float = Field(ge=0, description="Linear warm-up length in epochs.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of "
+                                "the peak lr.")
+    grad_clip: float | None = Field(None, gt=0, description="Max global grad norm, or null.")
+
+
+class AugmentConfig(Strict):
+    hflip: bool = Field(description="Random horizontal flips.")
+    crop_padding: int = Field(0, ge=0, description="Random translation: pad by this many "
+                              "pixels (reflect) and crop back.")
+    rrc_scale_min: float | None = Field(None, gt=0, le=1, description="RandomResizedCrop "
+                                        "minimum area scale, or null for none.")
+
+
+class ClassifyConfig(Strict):
+    size: str = Field(description="Default model size key (xxs, xs, m, t, s, b, l); "
+                      "`--size` picks another.")
+    pool: Literal["avg", "cls"] = Field("avg", description="Global average pooling or a "
+                                        "class token.")
+    drop_path: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
+    train_subset: int | None = Field(None, gt=0, description="Use this many training images "
+                                     "(a fixed, class-balanced subset), or null for all.")
+    val_subset: int | None = Field(None, gt=0, description="Evaluate on this many validation "
+                                   "images (fixed subset), or null for all.")
+    epochs: int = Field(gt=0, description="Training epochs over the (subset of the) train split.")
+    batch_size: int = Field(gt=0, description="Global training batch size.")
+    eval_batch_size: int = Field(256, gt=0, description="Evaluation batch size.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    optim: OptimConfig = Field(description="AdamW and its warm-up + cosine schedule.")
+    augment: AugmentConfig = Field(description="Training augmentation (per dataset).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 "
+                                                       "autocast on CUDA, and on CPU only from "
+                                                       "width 192 where it measured 1.5-1.9x.")
+    checkpoint_every_s: float = Field(60.0, gt=0, description="Write the checkpoint at least "
+                                      "this often (seconds) and at every epoch end.")
+    log_every_steps: int = Field(20, gt=0, description="Training loss logging interval.")
+    throughput_steps: int = Field(5, ge=1, description="Timed steps for the train/inference "
+                                  "img/s and peak-memory measurement.")
+
+
+class Profile(Strict):
+    data: DataConfig = Field(description="Where the images come from and their stored size.")
+    classify: ClassifyConfig = Field(description="The classification recipe, shared by "
+                                     "every patch size.")
+
+
+class Sweep(Strict):
+    patches: list[int] = Field(min_length=1, description="Patch sizes of the DVC matrix "
+                               "(1 = pixel tokens).")
+    seeds: list[int] = Field(min_length=1, description="Seeds of the DVC matrix.")
+
+
+class Params(Strict):
+    profile: str = Field(description="The active profile: the one switch between the CPU "
+                         "default and the paper recipes.")
+    sweep: Sweep = Field(description="Cells of the DVC matrix (patch sizes x seeds).")
+    profiles: dict[str, Profile] = Field(description="Named data + recipe presets.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} is not one of profiles: "
+                             f"{', '.join(self.profiles)}")
+        size = self.profiles[self.profile].data.image_size
+        bad = [p for p in self.sweep.patches if p < 1 or size % p]
+        if bad:
+            raise ValueError(f"sweep.patches {bad} do not divide profiles.{self.profile}"
+                             f".data.image_size={size}")
+        return self
+
+    @property
+    def active(self) -> Profile:
+        return self.profiles[self.profile]
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {loc or '<root>'}: {msg}{more}"
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml; any problem is one UserError naming the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: invalid YAML") from None
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc, str(path))) from None
+
+
+# ---------------------------------------------------------------------------- machine paths
+
+
+class Paths(BaseSettings):
+    """Machine paths only (PIXBENCH_*); hyper-parameters never come from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PIXBENCH_", extra="ignore")
+
+    data_root: Path | None = Field(None, description="Raw datasets (CIFAR, ImageNet, IDX files).")
+    cache_dir: Path = Field(Path("data"), description="Prepared uint8 caches, one per profile.")
+    runs_dir: Path = Field(Path("runs"), description="Run directories.")
+    reports_dir: Path = Field(Path("reports"), description="Reports and figures.")
+
+    def cache_for(self, profile: str) -> Path:
+        return self.cache_dir / profile
+
+    def run_dir(self, profile: str, run_id: str) -> Path:
+        return self.runs_dir / profile / run_id
+
+
+# ---------------------------------------------------------------------------------- run spec
+
+
+class RunSpec(Strict):
+    """Everything that determines a run's result; its hash guards resume and reuse."""
+
+    task: Literal["classify"] = "classify"
+    profile: str
+    size: str
+    patch: int
+    seed: int
+    data: DataConfig
+    classify: ClassifyConfig
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
+
+    def canonical(self) -> dict:
+        return json.loads(self.model_dump_json())
+
+    def digest(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: int) -> RunSpec:
+    from pixbench.models.vit import SIZES
+
+    prof = params.active
+    size = size or prof.classify.size
+    if size not in SIZES:
+        raise UserError(f"--size {size!r} is not a known size ({', '.join(SIZES)})")
+    if patch < 1 or prof.data.image_size % patch:
+        raise UserError(f"--patch {patch} does not divide profiles.{params.profile}.data."
+                        f"image_size={prof.data.image_size}")
+    return RunSpec(profile=params.profile, size=size, patch=patch, seed=seed, data=prof.data,
+                   classify=prof.classify)
+
+
+def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two canonical specs."""
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += spec_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out

@@ -1,0 +1,1 @@
+"""Dataset sources, the uint8 cache, and batched on-tensor augmentation."""

@@ -1,0 +1,1 @@
+"""Analytic FLOPs, measurements and statistics."""

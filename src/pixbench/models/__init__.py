@@ -1,0 +1,1 @@
+"""Models: no I/O, explicit typed keyword arguments."""

@@ -1,0 +1,93 @@
+"""The classification ViT: one timm code path for every patch size; patch=1 is the pixel model.
+
+timm's `PatchEmbed` is a strided convolution, so `patch_size=1` is a per-pixel linear projection
+(Nguyen et al. 2024, Sec. 2: "each pixel is linearly projected"). Position embeddings are learned
+and randomly initialised (`pos_embed='learn'`); `dynamic_img_size` stays off because its 2D
+interpolation would reintroduce the grid prior the paper removes.
+
+Nothing here is registered in timm: `pit_*` names belong to timm's unrelated PiT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from pixbench.eval.flops import VitShape
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    """Width, depth and heads of a named size."""
+
+    name: str  # display letter(s): "S" in ViT-S/4
+    dim: int
+    depth: int
+    heads: int
+    mlp_ratio: float = 4.0
+
+
+# CPU sizes first (the defaults must train in minutes on 2 cores), then the paper's T/S/B,
+# which are ViT-Ti/S/B (Touvron et al. 2021; Dosovitskiy et al. 2021) with 12 blocks.
+SIZES: dict[str, ViTSize] = {
+    "xxs": ViTSize("XXS", dim=48, depth=3, heads=3),
+    "xs": ViTSize("XS", dim=64, depth=4, heads=4),
+    "m": ViTSize("M", dim=128, depth=4, heads=4),
+    "t": ViTSize("T", dim=192, depth=12, heads=3),
+    "s": ViTSize("S", dim=384, depth=12, heads=6),
+    "b": ViTSize("B", dim=768, depth=12, heads=12),
+    "l": ViTSize("L", dim=1024, depth=24, heads=16),
+}
+
+Pool = Literal["avg", "cls"]
+
+
+def model_key(size: str, patch: int) -> str:
+    """Registry-style key, e.g. `vit-s-p4`."""
+    return f"vit-{size}-p{patch}"
+
+
+def display_name(size: str, patch: int) -> str:
+    """Paper-style name, e.g. `ViT-S/4` (`ViT-S/1` is the pixel model)."""
+    return f"ViT-{SIZES[size].name}/{patch}"
+
+
+def vit_shape(*, size: str, patch: int, image_size: int, in_chans: int, num_classes: int,
+              pool: Pool) -> VitShape:
+    s = SIZES[size]
+    return VitShape(image_size=image_size, patch=patch, in_chans=in_chans, dim=s.dim,
+                    depth=s.depth, mlp_ratio=s.mlp_ratio, num_classes=num_classes,
+                    class_token=(pool == "cls"))
+
+
+def check_patch(image_size: int, patch: int) -> None:
+    if patch < 1 or image_size % patch != 0:
+        raise ValueError(f"patch {patch} does not divide image size {image_size}")
+
+
+def vit(*, size: str, patch: int, image_size: int, in_chans: int, num_classes: int,
+        pool: Pool = "avg", drop_path: float = 0.0) -> nn.Module:
+    """A timm VisionTransformer of a named size; every patch size shares this path."""
+    from timm.models.vision_transformer import VisionTransformer  # lazy: timm imports in ~5 s
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
+    check_patch(image_size, patch)
+    s = SIZES[size]
+    return VisionTransformer(
+        img_size=image_size,
+        patch_size=patch,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        embed_dim=s.dim,
+        depth=s.depth,
+        num_heads=s.heads,
+        mlp_ratio=s.mlp_ratio,
+        class_token=(pool == "cls"),
+        global_pool="token" if pool == "cls" else "avg",
+        pos_embed="learn",  # randomly initialised (trunc-normal, std .02), no 2D prior
+        dynamic_img_size=False,
+        drop_path_rate=drop_path,
+    )

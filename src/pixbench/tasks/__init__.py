@@ -1,0 +1,1 @@
+"""Tasks: each has train_one_epoch, evaluate and run(spec)."""
