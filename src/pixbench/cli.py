@@ -59,7 +59,7 @@ def classify_run(
     patch: Annotated[int, typer.Option("--patch", help="Patch size; 1 = pixel tokens.")],
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, order and augmentation.")] = 0,
     size: Annotated[Optional[str], typer.Option(
-        "--size", help="Model size key (xxs, xs, m, t, s, b, l); default: the profile's.")] = None,
+        "--size", help="Model size key (xxs, xs, m, t, s, b, l); default: sweep.sizes[0].")] = None,
     stale: Annotated[str, typer.Option(
         "--stale", help="A run dir left by another spec: 'error' or 'restart' (discard it).")] = "error",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",

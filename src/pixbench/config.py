@@ -61,11 +61,13 @@ class AugmentConfig(Strict):
                               "pixels (reflect) and crop back.")
     rrc_scale_min: float | None = Field(None, gt=0, le=1, description="RandomResizedCrop "
                                         "minimum area scale, or null for none.")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="Brightness, contrast and "
+                                "saturation jitter strength (MoCo v3 uses 0.4; no hue jitter).")
+    grayscale_p: float = Field(0.0, ge=0, le=1, description="Probability of converting an "
+                               "RGB image to grayscale.")
 
 
 class ClassifyConfig(Strict):
-    size: str = Field(description="Default model size key (xxs, xs, m, t, s, b, l); "
-                      "`--size` picks another.")
     pool: Literal["avg", "cls"] = Field("avg", description="Global average pooling or a "
                                         "class token.")
     drop_path: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
@@ -96,6 +98,8 @@ class Profile(Strict):
 
 
 class Sweep(Strict):
+    sizes: list[str] = Field(min_length=1, description="Model size keys of the DVC matrix "
+                             "(xxs, xs, m, t, s, b, l); the first is `--size`'s default.")
     patches: list[int] = Field(min_length=1, description="Patch sizes of the DVC matrix "
                                "(1 = pixel tokens).")
     seeds: list[int] = Field(min_length=1, description="Seeds of the DVC matrix.")
@@ -104,7 +108,7 @@ class Sweep(Strict):
 class Params(Strict):
     profile: str = Field(description="The active profile: the one switch between the CPU "
                          "default and the paper recipes.")
-    sweep: Sweep = Field(description="Cells of the DVC matrix (patch sizes x seeds).")
+    sweep: Sweep = Field(description="Cells of the DVC matrix (sizes x patch sizes x seeds).")
     profiles: dict[str, Profile] = Field(description="Named data + recipe presets.")
 
     @model_validator(mode="after")
@@ -112,6 +116,11 @@ class Params(Strict):
         if self.profile not in self.profiles:
             raise ValueError(f"profile {self.profile!r} is not one of profiles: "
                              f"{', '.join(self.profiles)}")
+        from pixbench.models.vit import SIZES
+
+        unknown = [s for s in self.sweep.sizes if s not in SIZES]
+        if unknown:
+            raise ValueError(f"sweep.sizes {unknown} are not known sizes ({', '.join(SIZES)})")
         size = self.profiles[self.profile].data.image_size
         bad = [p for p in self.sweep.patches if p < 1 or size % p]
         if bad:
@@ -201,7 +210,7 @@ def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: in
     from pixbench.models.vit import SIZES
 
     prof = params.active
-    size = size or prof.classify.size
+    size = size or params.sweep.sizes[0]
     if size not in SIZES:
         raise UserError(f"--size {size!r} is not a known size ({', '.join(SIZES)})")
     if patch < 1 or prof.data.image_size % patch:

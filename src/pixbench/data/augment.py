@@ -45,12 +45,42 @@ def random_resized_crop(x: torch.Tensor, scale_min: float, gen: torch.Generator,
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation factors in [1-s, 1+s] per image (torchvision's
+    ColorJitter definitions, applied in a fixed order; hue is left out)."""
+    n = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return torch.empty(n, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=gen)
+
+    x = (x * factor()).clamp(0, 1)  # brightness
+    gray_mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    x = ((x - gray_mean) * factor() + gray_mean).clamp(0, 1)  # contrast
+    if x.shape[1] == 3:
+        g = _gray(x)
+        x = ((x - g) * factor() + g).clamp(0, 1)  # saturation
+    return x
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma, as torchvision's rgb_to_grayscale; (N, C, H, W) -> (N, 1, H, W)."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """x: (N, C, H, W) float in [0, 1] -> augmented (N, C, H, W)."""
     if cfg.rrc_scale_min is not None:
         x = random_resized_crop(x, cfg.rrc_scale_min, gen)
     if cfg.crop_padding > 0:
         x = random_translate(x, cfg.crop_padding, gen)
+    if cfg.color_jitter > 0:
+        x = color_jitter(x, cfg.color_jitter, gen)
+    if cfg.grayscale_p > 0 and x.shape[1] == 3:
+        to_gray = torch.rand(x.shape[0], generator=gen) < cfg.grayscale_p
+        x = torch.where(to_gray[:, None, None, None], _gray(x).expand_as(x), x)
     if cfg.hflip:
         flip = torch.rand(x.shape[0], generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)

@@ -134,7 +134,8 @@ def load_cifar(name: str, split: str, data_root: Path | None, allow_download: bo
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise UserError(f"{name} under {data_root}: {exc}") from None
     except OSError as exc:
-        raise UserError(f"{name}: download to {data_root} failed ({exc.__class__.__name__}); "
+        what = "download failed" if allow_download else f"cannot read {exc.filename or 'files'}"
+        raise UserError(f"{name} under {data_root}: {what} ({exc.__class__.__name__}); "
                         "place a local copy there") from None
     images = np.ascontiguousarray(ds.data)  # (N, 32, 32, 3) uint8
     return Split(images, np.asarray(ds.targets, dtype=np.int64), tuple(ds.classes))

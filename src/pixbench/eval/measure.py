@@ -33,16 +33,26 @@ def _reset_peak(device: torch.device) -> bool:
         return False
 
 
-def _read_peak_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def _proc_status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def _read_peak_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _proc_status_mb("VmHWM")
+
+
+def _current_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return _proc_status_mb("VmRSS")
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -67,6 +77,7 @@ def measure_train(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Ten
         step()
     _sync(device)
     have_peak = _reset_peak(device)
+    base = _current_mb(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
@@ -74,7 +85,12 @@ def measure_train(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Ten
     dt = time.perf_counter() - t0
     peak = _read_peak_mb(device) if have_peak else None
     del model, opt
+    # peak_mem_mb: the whole process (CPU: RSS incl. libraries); the delta over the state just
+    # before the timed steps (weights, optimizer state, data already resident) isolates what the
+    # step itself adds: activations, gradients, workspace
+    delta = None if peak is None or base is None else max(0.0, peak - base)
     return {"train_img_per_s": steps * batch.shape[0] / dt, "peak_mem_mb": peak,
+            "step_mem_mb": delta,
             "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"}
 
 

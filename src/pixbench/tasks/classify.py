@@ -229,6 +229,7 @@ def compute_metrics(model: nn.Module, spec: RunSpec, ds: CachedDataset, data: Te
         "display": display_name(spec.size, spec.patch), "profile": spec.profile,
         "dataset": m["source"], "image_size": m["image_size"], "size": spec.size,
         "patch": spec.patch, "seed": spec.seed, "tokens": shape.patch_tokens,
+        "num_classes": m["num_classes"],
         "params": sum(p.numel() for p in model.parameters()),
         "top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "val_n": final["n"],
         "train_loss": state.history[-1]["train_loss"] if state.history else None,

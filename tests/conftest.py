@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny generated dataset, a tiny params file, isolated PIXBENCH_* paths.
+
+Nothing here touches the network or the real datasets: the synthetic images are learnable (the
+class sets which horizontal band is bright), so a tiny ViT reaches well above chance in a few steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pixbench.data.cache import write_cache
+
+torch.set_num_threads(2)
+
+TINY_DATA = {"source": "fashion_mnist", "image_size": 8, "root": None, "allow_download": False}
+TINY_CLASSIFY = {
+    "pool": "avg", "drop_path": 0.1, "train_subset": None, "val_subset": None, "epochs": 2,
+    "batch_size": 32, "eval_batch_size": 64, "label_smoothing": 0.1,
+    "optim": {"lr": 0.03, "lr_ref_batch": 256, "betas": [0.9, 0.99], "weight_decay": 0.05,
+              "warmup_epochs": 0.5, "min_lr_ratio": 0.0, "grad_clip": 1.0},
+    "augment": {"hflip": True, "crop_padding": 0, "rrc_scale_min": None},
+    "precision": "fp32", "checkpoint_every_s": 60.0, "log_every_steps": 5, "throughput_steps": 1,
+}
+TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 4, 8], "seeds": [0]},
+               "profiles": {"tiny": {"data": TINY_DATA, "classify": TINY_CLASSIFY}}}
+
+
+def synthetic_split(n: int, size: int, classes: int, seed: int, channels: int = 1):
+    """uint8 (n, size, size, C): noise plus a bright horizontal band chosen by the label
+    (flip-invariant, so the augmentations keep labels valid)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 90, size=(n, size, size, channels), dtype=np.int64)
+    h = size // classes
+    for i, c in enumerate(labels):
+        images[i, c * h:(c + 1) * h] += 60 + 45 * c  # brightness also tells: learnable fast
+    return images.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def make_tiny_cache(cache_dir: Path, data_cfg: dict = TINY_DATA, n_train: int = 256,
+                    n_val: int = 64, classes: int = 4) -> dict:
+    size = data_cfg["image_size"]
+    splits = {"train": synthetic_split(n_train, size, classes, 1),
+              "val": synthetic_split(n_val, size, classes, 2)}
+    meta = {"source": data_cfg["source"], "spec": data_cfg}
+    return write_cache(cache_dir, splits, [f"c{i}" for i in range(classes)], meta)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated project dir: PIXBENCH_* paths point inside it."""
+    monkeypatch.setenv("PIXBENCH_CACHE_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("PIXBENCH_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.delenv("PIXBENCH_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return copy.deepcopy(TINY_PARAMS)
+
+
+@pytest.fixture
+def tiny_project(workdir: Path, tiny_params: dict) -> Path:
+    """workdir with params.yaml and a prepared tiny cache; returns the params path."""
+    make_tiny_cache(workdir / "data" / "tiny")
+    return write_params(workdir / "params.yaml", tiny_params)

@@ -1,0 +1,58 @@
+"""The report from fixture metrics: table values, plots, byte-identical reruns."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from conftest import write_params
+from pixbench.config import Paths, load_params
+from pixbench.report import build_report
+
+
+def _fixture_run(runs, patch, seed, top1):
+    d = runs / f"classify-xxs-p{patch}-s{seed}"
+    d.mkdir(parents=True)
+    m = {"run_id": d.name, "model": f"vit-xxs-p{patch}", "display": f"ViT-XXS/{patch}",
+         "profile": "tiny", "dataset": "fashion_mnist", "image_size": 8, "size": "xxs",
+         "patch": patch, "seed": seed, "tokens": (8 // patch) ** 2, "num_classes": 4,
+         "params": 1000 + patch, "top1": top1, "top5": 99.0, "loss": 0.5, "val_n": 64,
+         "gflops_train": 0.3 / patch, "gflops_infer": 0.1 / patch, "train_img_per_s": 100.0 * patch,
+         "infer_img_per_s": 300.0 * patch, "step_mem_mb": 10.0 / patch, "train_s": 5.0, "device": "cpu"}
+    (d / "metrics.json").write_text(json.dumps(m))
+    (d / "curve.json").write_text(json.dumps([{"epoch": 1, "val_top1_subset": top1 - 5, "step": 8},
+                                              {"epoch": 2, "val_top1_subset": top1, "step": 16}]))
+    (d / "manifest.json").write_text(json.dumps({"cpu": "Test CPU", "torch_threads": 2,
+                                                 "versions": {"torch": "2.x", "timm": "1.x"}}))
+
+
+def test_report_tables_plots_and_determinism(workdir, tiny_params):
+    params = load_params(write_params(workdir / "params.yaml", tiny_params))
+    runs = workdir / "runs" / "tiny"
+    accs = {1: [60.0, 64.0, 62.5], 4: [80.0, 81.0, 79.5]}
+    for patch, values in accs.items():
+        for seed, acc in enumerate(values):
+            _fixture_run(runs, patch, seed, acc)
+    path = build_report(params, Paths())
+    text = path.read_text()
+    p1 = f"{statistics.fmean(accs[1]):.2f} ± {statistics.stdev(accs[1]):.2f}"
+    row = next(line for line in text.splitlines() if line.startswith("| ViT-XXS/1 |"))
+    assert p1 in row and "| 64 |" in row and row.rstrip().endswith("| 3 | 5 |")
+    assert "| CIFAR-100 32x32 | S (384, 12) | 83.7 | 86.4 | [S]" in text
+    assert "Test CPU" in text
+    figs = sorted((workdir / "reports" / "figures").iterdir())
+    assert [f.name for f in figs] == [
+        "classify_tiny_fashion_mnist8_learning_curves.png",
+        "classify_tiny_fashion_mnist8_top1_vs_gflops.png",
+        "classify_tiny_fashion_mnist8_top1_vs_patch.png"]
+    for f in figs:
+        assert f.name in text and f.read_bytes()[:4] == b"\x89PNG"
+    before = {f: f.read_bytes() for f in [path, *figs]}
+    build_report(params, Paths())
+    assert all(f.read_bytes() == b for f, b in before.items())
+
+
+def test_report_without_runs_says_so(workdir, tiny_params):
+    params = load_params(write_params(workdir / "params.yaml", tiny_params))
+    text = build_report(params, Paths()).read_text()
+    assert "No finished runs" in text
