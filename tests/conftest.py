@@ -25,7 +25,7 @@ TINY_CLASSIFY = {
     "optim": {"lr": 0.03, "lr_ref_batch": 256, "betas": [0.9, 0.99], "weight_decay": 0.05,
               "warmup_epochs": 0.5, "min_lr_ratio": 0.0, "grad_clip": 1.0},
     "augment": {"hflip": True, "crop_padding": 0, "rrc_scale_min": None},
-    "precision": "fp32", "checkpoint_every_s": 60.0, "log_every_steps": 5, "throughput_steps": 1,
+    "precision": "fp32", "checkpoint_every_s": 60.0, "curve_every_steps": 5, "throughput_steps": 1,
 }
 TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 4, 8], "seeds": [0]},
                "profiles": {"tiny": {"data": TINY_DATA, "classify": TINY_CLASSIFY}}}

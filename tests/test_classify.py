@@ -45,7 +45,9 @@ def test_run_writes_self_describing_run_dir(tiny_project):
     assert metrics["train_img_per_s"] > 0 and metrics["infer_img_per_s"] > 0
     assert metrics["gflops_train"] == pytest.approx(3 * metrics["gflops_infer"])
     assert metrics["steps"] == 2 * (256 // 32)
-    assert len(json.loads((run_dir / "curve.json").read_text())) == 2
+    curve = json.loads((run_dir / "curve.json").read_text())
+    assert [c["step"] for c in curve] == [5, 8, 10, 15, 16]  # every 5 steps + epoch ends
+    assert curve[-1]["epoch"] == 2.0
 
 
 def test_finished_run_is_reused_not_retrained(tiny_project, monkeypatch):

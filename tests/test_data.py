@@ -39,6 +39,7 @@ def fake_fmnist(tmp_path, monkeypatch):
             (root / "fashion-mnist" / f"{stem}.gz").write_bytes(gzip.compress(raw))
     monkeypatch.setattr(sources, "FASHION_MNIST_FILES", hashes)
     monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "DOWNLOAD_DIR", tmp_path / "dl")
     return root
 
 
@@ -57,6 +58,7 @@ def test_checksum_mismatch_names_the_file(fake_fmnist, monkeypatch):
 
 def test_missing_dataset_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr(sources, "DOWNLOAD_DIR", tmp_path / "dl")
     with pytest.raises(UserError, match="train-images-idx3-ubyte.*not found") as exc:
         sources.load_fashion_mnist("train", tmp_path, allow_download=False)
     assert "\n" not in str(exc.value)

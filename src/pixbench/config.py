@@ -86,7 +86,9 @@ class ClassifyConfig(Strict):
                                                        "width 192 where it measured 1.5-1.9x.")
     checkpoint_every_s: float = Field(60.0, gt=0, description="Write the checkpoint at least "
                                       "this often (seconds) and at every epoch end.")
-    log_every_steps: int = Field(20, gt=0, description="Training loss logging interval.")
+    curve_every_steps: int | None = Field(None, gt=0, description="Also evaluate the "
+                                          "learning curve (1000 fixed val images) every this "
+                                          "many steps, besides every epoch end.")
     throughput_steps: int = Field(5, ge=1, description="Timed steps for the train/inference "
                                   "img/s and peak-memory measurement.")
 

@@ -96,7 +96,7 @@ def plot_accuracy(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> 
 
 
 def plot_curves(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> str:
-    """Learning curves: val top-1 on a fixed val subset after each epoch, per patch size."""
+    """Learning curves: val top-1 on a fixed val subset during training, per patch size."""
     import matplotlib
 
     matplotlib.use("Agg")

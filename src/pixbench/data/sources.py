@@ -30,6 +30,7 @@ FASHION_MNIST_FILES = {
 }
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DOWNLOAD_DIR = Path.home() / ".cache" / "pixbench"  # used when PIXBENCH_DATA_ROOT is unset
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _fashion_mnist_candidates(data_root: Path | None) -> list[Path]:
     dirs = []
     if data_root is not None:
         dirs += [data_root / "fashion-mnist", data_root / "FashionMNIST" / "raw", data_root]
-    dirs.append(FASHION_MNIST_DEBIAN_DIR)
+    dirs += [FASHION_MNIST_DEBIAN_DIR, DOWNLOAD_DIR / "fashion-mnist"]
     return dirs
 
 
@@ -100,13 +101,13 @@ def load_fashion_mnist(split: str, data_root: Path | None, allow_download: bool)
         stem = f"{prefix}-{kind}"
         path = _find_idx(stem, data_root)
         if path is None:
-            if not allow_download or data_root is None:
+            if not allow_download:
                 raise UserError(
                     f"Fashion-MNIST file {stem}(.gz) not found in "
                     f"{', '.join(map(str, _fashion_mnist_candidates(data_root)))}; install it with "
                     "`apt-get install dataset-fashion-mnist` or set PIXBENCH_DATA_ROOT"
                 )
-            path = _download_idx(stem, data_root / "fashion-mnist")
+            path = _download_idx(stem, (data_root or DOWNLOAD_DIR) / "fashion-mnist")
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         digest = hashlib.sha256(raw).hexdigest()
         if digest != FASHION_MNIST_FILES[stem]:

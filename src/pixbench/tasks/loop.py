@@ -17,8 +17,8 @@ from torch import nn
 from pixbench.config import RunSpec
 from pixbench.errors import UserError
 from pixbench.runio import CKPT_NAME, load_checkpoint, save_checkpoint
-from pixbench.tasks.classify import (CURVE_VAL_IMAGES, State, Tensors, evaluate, param_groups,
-                                     train_one_epoch)
+from pixbench.tasks.classify import (CURVE_VAL_IMAGES, State, Tensors, balanced_subset, evaluate,
+                                     param_groups, train_one_epoch)
 
 
 def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
@@ -89,31 +89,42 @@ def train_loop(model: nn.Module, spec: RunSpec, data: Tensors, run_dir: Path, *,
     ckpt = Checkpointer(run_dir / CKPT_NAME, model, opt, spec, state)
     steps_per_epoch = data.train_x.shape[0] // cfg.batch_size
     curve_n = min(CURVE_VAL_IMAGES, data.val_x.shape[0])
+    # a fixed class-balanced subset: ImageFolder val splits are sorted by class
+    curve_idx = torch.from_numpy(balanced_subset(data.val_y.numpy(), curve_n,
+                                                 int(data.val_y.max()) + 1))
+    curve_x, curve_y = data.val_x[curve_idx], data.val_y[curve_idx]
     ev = dict(device=device, batch_size=cfg.eval_batch_size, bf16=bf16)
     live = Live(dir=str(run_dir / "dvclive"), dvcyaml=None, report=None, save_dvc_exp=False,
                 resume=state.global_step > 0)
+    def curve_point(s: State, train_loss: float) -> None:
+        """Val top-1 on the fixed curve subset; recorded in the checkpointed history."""
+        curve = evaluate(model, curve_x, curve_y, data.mean, data.std, **ev)
+        s.history.append({"epoch": round(s.global_step / steps_per_epoch, 4), "step": s.global_step,
+                          "images_seen": s.global_step * cfg.batch_size, "train_loss": train_loss,
+                          "val_top1_subset": curve["top1"], "train_time_s": s.train_time_s})
+        live.log_metric("train/loss", train_loss)
+        live.log_metric("val/top1_subset", curve["top1"])
+        live.next_step()
+
     with _progress(progress, steps_per_epoch * cfg.epochs) as bar:
         task = bar.add_task(spec.run_id, total=steps_per_epoch * cfg.epochs,
                             completed=state.global_step, info="")
 
         def on_step(s: State, loss: float, lr: float) -> None:
             bar.update(task, completed=s.global_step, info=f"ep {s.epoch} loss {loss:.3f}")
+            if cfg.curve_every_steps and s.global_step % cfg.curve_every_steps == 0 \
+                    and s.step < steps_per_epoch:
+                curve_point(s, s.loss_sum / max(1, s.loss_count))
 
         while state.epoch < cfg.epochs:
             train_loss = train_one_epoch(model, opt, data, spec, state, device=device, bf16=bf16,
                                          on_step=on_step, on_checkpoint=ckpt)
-            curve = evaluate(model, data.val_x[:curve_n], data.val_y[:curve_n], data.mean,
-                             data.std, **ev)
-            state.history.append({"epoch": state.epoch + 1, "step": state.global_step,
-                                  "train_loss": train_loss, "val_top1_subset": curve["top1"],
-                                  "train_time_s": state.train_time_s})
+            curve_point(state, train_loss)
             state.epoch, state.step, state.loss_sum, state.loss_count = state.epoch + 1, 0, 0.0, 0
             ckpt(state, final=True)
-            for k in ("train_loss", "val_top1_subset"):
-                live.log_metric(f"train/{k}" if k == "train_loss" else f"val/{k}", state.history[-1][k])
-            live.next_step()
             print(f"{spec.run_id} epoch {state.epoch}/{cfg.epochs} loss {train_loss:.4f} "
-                  f"val@{curve_n} {curve['top1']:.2f}%", file=sys.stderr, flush=True)
+                  f"val@{curve_n} {state.history[-1]['val_top1_subset']:.2f}%", file=sys.stderr,
+                  flush=True)
     final = evaluate(model, data.val_x, data.val_y, data.mean, data.std, **ev)
     for k in ("top1", "top5", "loss"):
         live.summary[f"val/{k}"] = final[k]
