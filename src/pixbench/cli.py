@@ -25,6 +25,12 @@ app.add_typer(classify_app, name="classify")
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file (hyper-parameters).")]
 ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", help="Run under another profile of params.yaml than its `profile` key.")]
+LauncherOpt = Annotated[Optional[str], typer.Option(
+    "--launcher", help="local or slurm; default: slurm when a cluster is named, else local.")]
+ClusterOpt = Annotated[Optional[str], typer.Option(
+    "--cluster", help="Cluster profile slurm/clusters/NAME.yaml (or PIXBENCH_CLUSTER).")]
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait/--no-wait", help="Block until SLURM jobs end and print their metrics.")]
 
 
 def _params(path: Path, profile: str | None):
@@ -63,20 +69,50 @@ def classify_run(
     stale: Annotated[str, typer.Option(
         "--stale", help="A run dir left by another spec: 'error' or 'restart' (discard it).")] = "error",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    launcher: LauncherOpt = None,
+    cluster: ClusterOpt = None,
+    wait: WaitOpt = True,
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
 ) -> None:
-    """Train and evaluate one ViT cell; resumes from its checkpoint after a kill."""
+    """Train and evaluate one ViT cell (here or on SLURM); resumes from its checkpoint."""
     from pixbench.config import Paths, make_classify_spec
-    from pixbench.tasks.classify import run
+    from pixbench.launch import launch
 
     if stale not in ("error", "restart"):
         raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
     spec = make_classify_spec(_params(params_path, profile), size=size, patch=patch, seed=seed)
-    metrics = run(spec, Paths(), stale=stale, device=device)
+    metrics = launch("classify", spec, Paths(), launcher=launcher, cluster=cluster, stale=stale,
+                     device=device, wait=wait)
     keys = ("run_id", "top1", "top5", "tokens", "params", "gflops_train", "train_img_per_s",
-            "infer_img_per_s", "peak_mem_mb", "wall_s")
-    typer.echo(json.dumps({k: metrics.get(k) for k in keys}))
+            "infer_img_per_s", "peak_mem_mb", "wall_s", "job_id", "state", "logs")
+    typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+
+
+@app.command("sweep")
+def sweep_cmd(
+    launcher: LauncherOpt = None,
+    cluster: ClusterOpt = None,
+    wait: WaitOpt = True,
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+) -> None:
+    """Run every pending cell of params.yaml's sweep (one SLURM job array); skip finished ones.
+
+    A later `dvc repro` records finished cells without re-running them.
+    """
+    from pixbench.config import Paths, make_classify_spec
+    from pixbench.launch import sweep
+
+    params = _params(params_path, profile)
+    specs = [make_classify_spec(params, size=z, patch=p, seed=s) for z in params.sweep.sizes
+             for p in params.sweep.patches for s in params.sweep.seeds]
+    rows = sweep("classify", specs, Paths(), launcher=launcher, cluster=cluster, wait=wait)
+    for r in rows:
+        typer.echo(json.dumps({k: r[k] for k in ("run_id", "state", "job_id", "top1", "error")
+                               if k in r}))
+    if any(r["state"] == "FAILED" for r in rows):
+        raise UserError(f"{sum(r['state'] == 'FAILED' for r in rows)} of {len(rows)} cells failed")
 
 
 @app.command("report")

@@ -174,6 +174,7 @@ class Paths(BaseSettings):
     cache_dir: Path = Field(Path("data"), description="Prepared uint8 caches, one per profile.")
     runs_dir: Path = Field(Path("runs"), description="Run directories.")
     reports_dir: Path = Field(Path("reports"), description="Reports and figures.")
+    logs_dir: Path = Field(Path("logs"), description="Launcher logs (submitit folders).")
 
     def cache_for(self, profile: str) -> Path:
         return self.cache_dir / profile

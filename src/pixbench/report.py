@@ -132,7 +132,7 @@ def _fmt(v: float | None, digits: int) -> str:
 
 def classify_table(groups: dict[tuple, list[dict]]) -> list[str]:
     head = ("| model | patch | tokens | params | train GFLOPs/img | infer GFLOPs/img | "
-            "train img/s | infer img/s | step mem MB | top-1 % | top-5 % | n | train s/run |")
+            "train img/s | infer img/s | peak RSS MB | step mem MB | top-1 % | top-5 % | n | train s/run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (_, _, size, patch), runs in groups.items():
         r0 = runs[0]
@@ -144,7 +144,8 @@ def classify_table(groups: dict[tuple, list[dict]]) -> list[str]:
         lines.append(
             f"| {r0['display']} | {patch} | {r0['tokens']} | {r0['params']:,} | "
             f"{r0['gflops_train']:.4g} | {r0['gflops_infer']:.4g} | {_fmt(avg('train_img_per_s'), 0)} | "
-            f"{_fmt(avg('infer_img_per_s'), 0)} | {_fmt(avg('step_mem_mb'), 0)} | "
+            f"{_fmt(avg('infer_img_per_s'), 0)} | {_fmt(avg('peak_mem_mb'), 0)} | "
+            f"{_fmt(avg('step_mem_mb'), 0)} | "
             f"{fmt_ms([r['top1'] for r in runs])} | {fmt_ms([r['top5'] for r in runs])} | "
             f"{len(runs)} | {_fmt(avg('train_s'), 0)} |")
     return lines
@@ -153,7 +154,7 @@ def classify_table(groups: dict[tuple, list[dict]]) -> list[str]:
 def paper_table() -> list[str]:
     lines = ["| dataset | model | ViT/2 top-1 % | pixels top-1 % | source |", "|---|---|---|---|---|"]
     for ds, model, vit2, pix, label, note in SUPERVISED:
-        lines.append(f"| {ds} | {model} | {vit2} | {pix} | [{label}] {note} |".replace(" |  |", " |"))
+        lines.append(f"| {ds} | {model} | {vit2} | {pix} | [{label}]{' ' + note if note else ''} |")
     return lines
 
 
@@ -199,9 +200,10 @@ def build_report(params: Params, paths: Paths) -> Path:
         figs = plot_accuracy(sub, out_dir / FIG_DIR, stem) + [plot_curves(sub, out_dir / FIG_DIR, stem)]
         lines += [f"![{f}]({FIG_DIR}/{f})" for f in figs] + [""]
     lines += ["Top-1 is on the full validation split (mean ± sample std over n seeds). GFLOPs "
-              "are analytic (matmuls, attention included; train = 3x forward). img/s and step "
-              "memory are measured on the device below (step mem: process peak during timed "
-              "train steps minus the memory resident just before them).", "",
+              "are analytic (matmuls, attention included; train = 3x forward). img/s and memory "
+              "are measured on the device below: on CPU, peak RSS is the whole process "
+              "(libraries included) during timed train steps and step mem is that peak minus "
+              "the memory resident just before them; on GPU both are allocator figures.", "",
               "### The paper's numbers", ""] + paper_table() + ["", RECIPE_NOTE,
               "Our default is a CPU-minutes proxy, not the paper's recipe: compare trends, not "
               "absolute values.", "", "## Environment", ""] + environment(rows) + [""]

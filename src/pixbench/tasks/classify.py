@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixbench import distributed
 from pixbench.config import ClassifyConfig, Paths, RunSpec, spec_diff
 from pixbench.data.augment import normalize
 from pixbench.data.cache import CachedDataset, load_cache
@@ -131,9 +132,13 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Tensors,
         t0 = time.perf_counter()
         idx = order[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
         gen = torch.Generator().manual_seed(step_seed(spec.seed, state.global_step))
+        # every rank augments the whole global batch with the same generator and keeps its
+        # shard, so N ranks compute what one process would (up to reduction order)
         x = normalize(data.train_x[idx], data.mean, data.std, cfg.augment, gen)  # (B, C, H, W)
-        x, y = x.to(device, non_blocking=True), data.train_y[idx].to(device)
-        torch.manual_seed(step_seed(spec.seed, state.global_step) + 1)  # stochastic depth
+        mine = distributed.shard(torch.arange(idx.shape[0]))
+        x, y = x[mine].to(device, non_blocking=True), data.train_y[idx[mine]].to(device)
+        # stochastic depth: rank-aware, or every shard would draw the same drop masks
+        torch.manual_seed(step_seed(spec.seed, state.global_step) + 1 + 7_777 * distributed.rank())
         lr = lr_at(state.global_step, total, warmup, peak, cfg.optim.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -256,10 +261,11 @@ def run(spec: RunSpec, paths: Paths, *, stale: str = "error", device: str = "aut
     from pixbench.tasks.loop import train_loop
 
     run_dir = paths.run_dir(spec.profile, spec.run_id)
-    done = open_run_dir(run_dir, spec, stale)
-    if done is not None:
-        return done
-    dev = pick_device(device)
+    done = open_run_dir(run_dir, spec, stale) if distributed.is_main() else None
+    distributed.barrier()
+    if done is not None or (run_dir / "metrics.json").exists():
+        return done or read_json(run_dir / "metrics.json", "metrics")
+    dev = pick_device(distributed.local_device(device))
     ds = load_cache(paths.cache_for(spec.profile))
     if ds.manifest.get("spec") != spec.data.model_dump():
         raise UserError(f"{paths.cache_for(spec.profile)}: cache was prepared for another data "
@@ -270,13 +276,19 @@ def run(spec: RunSpec, paths: Paths, *, stale: str = "error", device: str = "aut
     if data.train_x.shape[0] < spec.classify.batch_size:
         raise UserError(f"classify.batch_size={spec.classify.batch_size} exceeds the "
                         f"{data.train_x.shape[0]} training images")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
-    atomic_write_json(run_dir / "manifest.json", run_manifest(spec.seed, str(dev)))
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
+        manifest = run_manifest(spec.seed, str(dev))
+        atomic_write_json(run_dir / "manifest.json", {**manifest, "world_size": distributed.world_size()})
     bf16 = use_bf16(spec.classify, spec.size, dev)
-    model = build_model(spec, ds.manifest).to(dev)
+    model = distributed.wrap(build_model(spec, ds.manifest).to(dev), dev)
     final, state = train_loop(model, spec, data, run_dir, device=dev, bf16=bf16, progress=progress)
-    metrics = compute_metrics(model, spec, ds, data, final, state, device=dev, bf16=bf16)
-    atomic_write_json(run_dir / "curve.json", state.history)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    metrics = {}
+    if distributed.is_main():
+        metrics = compute_metrics(distributed.unwrap(model), spec, ds, data, final, state,
+                                  device=dev, bf16=bf16)
+        atomic_write_json(run_dir / "curve.json", state.history)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+    distributed.barrier()
     return metrics

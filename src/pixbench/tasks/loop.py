@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pixbench import distributed
 from pixbench.config import RunSpec
 from pixbench.errors import UserError
 from pixbench.runio import CKPT_NAME, load_checkpoint, save_checkpoint
@@ -38,7 +39,7 @@ def restore(model: nn.Module, opt: torch.optim.Optimizer, ckpt_path: Path, spec:
         raise UserError(f"{ckpt_path}: checkpoint was written for another spec "
                         f"({ckpt['spec_digest']} != {spec.digest()}); pass --stale restart")
     try:
-        model.load_state_dict(ckpt["model"])
+        distributed.unwrap(model).load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(f"{ckpt_path}: does not fit this model ({str(exc).splitlines()[0]})") from None
@@ -61,12 +62,14 @@ class Checkpointer:
         if not final and now - self.last < self.every_s:
             return
         state.wall_time_s = self.wall_base + (now - self.session_start)
+        self.last = now
+        if not distributed.is_main():
+            return
         save_checkpoint(self.path, {
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "model": distributed.unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
             "state": dataclasses.asdict(state), "spec_digest": self.spec.digest(),
             "spec": self.spec.canonical(), "torch": torch.__version__,
         })
-        self.last = now
 
 
 def _progress(enabled: bool, total: int):
@@ -95,18 +98,19 @@ def train_loop(model: nn.Module, spec: RunSpec, data: Tensors, run_dir: Path, *,
     curve_x, curve_y = data.val_x[curve_idx], data.val_y[curve_idx]
     ev = dict(device=device, batch_size=cfg.eval_batch_size, bf16=bf16)
     live = Live(dir=str(run_dir / "dvclive"), dvcyaml=None, report=None, save_dvc_exp=False,
-                resume=state.global_step > 0)
+                resume=state.global_step > 0) if distributed.is_main() else None
     def curve_point(s: State, train_loss: float) -> None:
         """Val top-1 on the fixed curve subset; recorded in the checkpointed history."""
         curve = evaluate(model, curve_x, curve_y, data.mean, data.std, **ev)
         s.history.append({"epoch": round(s.global_step / steps_per_epoch, 4), "step": s.global_step,
                           "images_seen": s.global_step * cfg.batch_size, "train_loss": train_loss,
                           "val_top1_subset": curve["top1"], "train_time_s": s.train_time_s})
-        live.log_metric("train/loss", train_loss)
-        live.log_metric("val/top1_subset", curve["top1"])
-        live.next_step()
+        if live is not None:
+            live.log_metric("train/loss", train_loss)
+            live.log_metric("val/top1_subset", curve["top1"])
+            live.next_step()
 
-    with _progress(progress, steps_per_epoch * cfg.epochs) as bar:
+    with _progress(progress and distributed.is_main(), steps_per_epoch * cfg.epochs) as bar:
         task = bar.add_task(spec.run_id, total=steps_per_epoch * cfg.epochs,
                             completed=state.global_step, info="")
 
@@ -122,11 +126,13 @@ def train_loop(model: nn.Module, spec: RunSpec, data: Tensors, run_dir: Path, *,
             curve_point(state, train_loss)
             state.epoch, state.step, state.loss_sum, state.loss_count = state.epoch + 1, 0, 0.0, 0
             ckpt(state, final=True)
-            print(f"{spec.run_id} epoch {state.epoch}/{cfg.epochs} loss {train_loss:.4f} "
-                  f"val@{curve_n} {state.history[-1]['val_top1_subset']:.2f}%", file=sys.stderr,
-                  flush=True)
+            if distributed.is_main():
+                print(f"{spec.run_id} epoch {state.epoch}/{cfg.epochs} loss {train_loss:.4f} "
+                      f"val@{curve_n} {state.history[-1]['val_top1_subset']:.2f}%",
+                      file=sys.stderr, flush=True)
     final = evaluate(model, data.val_x, data.val_y, data.mean, data.std, **ev)
-    for k in ("top1", "top5", "loss"):
-        live.summary[f"val/{k}"] = final[k]
-    live.end()
+    if live is not None:
+        for k in ("top1", "top5", "loss"):
+            live.summary[f"val/{k}"] = final[k]
+        live.end()
     return final, state

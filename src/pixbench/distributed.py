@@ -1,0 +1,77 @@
+"""Data-parallel helpers: rank-aware everything, and a no-op on one process.
+
+Inside a SLURM job with several tasks, `distributed_from_slurm` reads submitit's environment
+(MASTER_ADDR/PORT, RANK, WORLD_SIZE) and starts torch.distributed (NCCL on GPUs, gloo on CPU).
+Training then splits every global batch across ranks, so the math and the recipe (global
+batch, lr) do not depend on the number of GPUs; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def shard(batch_idx: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch (all ranks draw the same global batch)."""
+    n, w, r = batch_idx.shape[0], world_size(), rank()
+    if n % w:
+        raise ValueError(f"global batch {n} is not divisible by world size {w}")
+    return batch_idx[r * (n // w):(r + 1) * (n // w)]
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    if world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def local_device(requested: str) -> str:
+    """Under DDP on GPUs each rank takes its local GPU."""
+    if world_size() > 1 and requested in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return requested
+
+
+@contextmanager
+def distributed_from_slurm() -> Iterator[None]:
+    """Initialise torch.distributed when this SLURM job has more than one task."""
+    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if ntasks <= 1 or dist.is_initialized():
+        yield
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment().export()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

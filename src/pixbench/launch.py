@@ -1,0 +1,213 @@
+"""Where a task runs: here (local) or as a SLURM job through submitit.
+
+Every task is a `Checkpointable` callable holding only its spec; its `checkpoint()` (called by
+submitit on preemption or at the time-limit warning) resubmits a fresh instance, which resumes
+from the run's one checkpoint path. So a requeued job loses at most `checkpoint_every_s` of
+training and never resumes from a different file than it saves to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from submitit.helpers import Checkpointable, DelayedSubmission  # ~0.3 s; launch.py is imported lazily
+
+from pixbench.errors import UserError
+
+Launcher = Literal["local", "slurm"]
+CLUSTER_DIR = Path(__file__).resolve().parents[2] / "slurm" / "clusters"
+
+
+class ClusterProfile(BaseModel):
+    """A SLURM cluster profile (slurm/clusters/<name>.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str = Field(description="SLURM partition (--partition).")
+    account: str | None = Field(None, description="Account to charge (--account).")
+    qos: str | None = Field(None, description="Quality of service (--qos).")
+    constraint: str | None = Field(None, description="Node features (--constraint), e.g. h100.")
+    nodes: int = Field(1, ge=1, description="Nodes per job.")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node; one DDP rank per GPU.")
+    tasks_per_node: int = Field(1, ge=1, description="Processes per node (DDP ranks); set to "
+                                "gpus_per_node on GPU clusters.")
+    cpus_per_task: int = Field(2, ge=1, description="CPU cores per task.")
+    mem_gb: float = Field(8, gt=0, description="Memory per node in GB.")
+    timeout_min: int = Field(60, ge=1, description="Time limit per job (minutes); jobs past "
+                             "it are requeued and resume.")
+    signal_delay_s: int = Field(120, ge=0, description="Seconds before the limit that SLURM "
+                                "sends USR2 so the job can requeue itself.")
+    array_parallelism: int = Field(64, ge=1, description="Max array tasks running at once.")
+    max_requeues: int = Field(20, ge=0, description="Max preemption/timeout requeues per job.")
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before the "
+                             "task (module load, source a venv...).")
+
+
+def cluster_dir() -> Path:
+    return Path(os.environ.get("PIXBENCH_CLUSTER_DIR", CLUSTER_DIR))
+
+
+def load_cluster(name: str) -> ClusterProfile:
+    path = cluster_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in cluster_dir().glob("*.yaml"))
+        raise UserError(f"cluster profile not found: {path} (known: {', '.join(known) or 'none'})")
+    try:
+        return ClusterProfile.model_validate(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError:
+        raise UserError(f"{path}: invalid YAML") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {msg}") from None
+
+
+def resolve_launcher(launcher: str | None, cluster: str | None) -> tuple[Launcher, str | None]:
+    """--launcher wins; else slurm when a cluster is named (flag or PIXBENCH_CLUSTER), else local."""
+    cluster = cluster or os.environ.get("PIXBENCH_CLUSTER")
+    if launcher is None:
+        launcher = "slurm" if cluster else "local"
+    if launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher must be 'local' or 'slurm', not {launcher!r}")
+    if launcher == "slurm":
+        if not cluster:
+            raise UserError("--launcher slurm needs --cluster NAME (or PIXBENCH_CLUSTER)")
+        if shutil.which("sbatch") is None:
+            raise UserError("--launcher slurm: sbatch is not on PATH (no SLURM here)")
+    return launcher, cluster
+
+
+def make_executor(profile: ClusterProfile, folder: Path, name: str):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
+                                     slurm_max_num_timeout=profile.max_requeues)
+    extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos),
+                               ("constraint", profile.constraint)) if v}
+    executor.update_parameters(
+        name=name, slurm_partition=profile.partition, nodes=profile.nodes,
+        tasks_per_node=profile.tasks_per_node, cpus_per_task=profile.cpus_per_task,
+        gpus_per_node=profile.gpus_per_node or None, mem_gb=profile.mem_gb,
+        timeout_min=profile.timeout_min, slurm_signal_delay_s=profile.signal_delay_s,
+        slurm_array_parallelism=profile.array_parallelism,
+        slurm_setup=profile.setup or None, slurm_additional_parameters=extra or None)
+    return executor
+
+
+def wait_for(job: Any, label: str, poll_s: float = 1.0) -> Any:
+    """Block until the job ends, showing its state; return its result or raise a clear error."""
+    import submitit
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status(f"{label}: job {job.job_id} submitted") as status:
+        while not job.done():
+            status.update(f"{label}: job {job.job_id} {job.state}")
+            time.sleep(poll_s)
+    try:
+        return job.result()
+    except submitit.core.utils.FailedJobError as exc:
+        print(str(exc), file=sys.stderr)  # includes the remote traceback
+        raise UserError(f"{label}: job {job.job_id} failed (remote traceback above; logs in "
+                        f"{job.paths.folder})") from None
+    except submitit.core.utils.UncompletedJobError as exc:
+        raise UserError(f"{label}: job {job.job_id} ended without a result "
+                        f"({job.state}): {str(exc).splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------------------------------ the task
+
+
+def _task_run(task: str):
+    if task == "classify":
+        from pixbench.tasks.classify import run
+        return run
+    raise UserError(f"unknown task {task!r}")
+
+
+class TaskJob(Checkpointable):
+    """One run of a task, picklable: the resolved spec and absolute paths, nothing else."""
+
+    def __init__(self, task: str, spec: dict, paths: dict, stale: str = "error",
+                 device: str = "auto") -> None:
+        self.task, self.spec, self.paths, self.stale, self.device = task, spec, paths, stale, device
+
+    def __call__(self) -> dict:
+        from pixbench.config import Paths, RunSpec
+        from pixbench.distributed import distributed_from_slurm
+
+        with distributed_from_slurm():
+            return _task_run(self.task)(RunSpec.model_validate(self.spec), Paths(**self.paths),
+                                        stale=self.stale, device=self.device, progress=False)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """Requeue a fresh instance; it resumes from the run's ckpt/last.pt. The spec is the
+        same, so a requeued job must never discard the run dir: stale='error'."""
+        return DelayedSubmission(TaskJob(self.task, self.spec, self.paths, "error", self.device))
+
+
+# ------------------------------------------------------------------------------ submit / sweep
+
+
+def _abs_paths(paths) -> dict:
+    """Absolute machine paths: the job must write where the submitting shell would."""
+    return {k: (str(Path(v).resolve()) if v is not None else None)
+            for k, v in paths.model_dump().items()}
+
+
+def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
+           stale: str = "error", device: str = "auto", wait: bool = True) -> dict:
+    """Run one task spec here or on SLURM; blocking mode returns the metrics."""
+    kind, cluster = resolve_launcher(launcher, cluster)
+    job = TaskJob(task, spec.canonical(), _abs_paths(paths), stale, device)
+    if kind == "local":
+        return _task_run(task)(spec, paths, stale=stale, device=device)
+    profile = load_cluster(cluster)
+    executor = make_executor(profile, paths.logs_dir.resolve() / "submitit", spec.run_id)
+    submitted = executor.submit(job)
+    if not wait:
+        return {"run_id": spec.run_id, "job_id": submitted.job_id, "state": "SUBMITTED",
+                "logs": str(submitted.paths.folder)}
+    return wait_for(submitted, spec.run_id)
+
+
+def sweep(task: str, specs: list, paths, *, launcher: str | None, cluster: str | None,
+          wait: bool = True) -> list[dict]:
+    """Submit every pending cell as one job array; finished cells (same spec digest) are skipped."""
+    from pixbench.runio import read_json
+
+    pending, rows = [], []
+    for spec in specs:
+        metrics = paths.run_dir(spec.profile, spec.run_id) / "metrics.json"
+        done = metrics.exists() and read_json(metrics, "metrics").get("spec_digest") == spec.digest()
+        (rows if done else pending).append({"run_id": spec.run_id, "state": "DONE"} if done else spec)
+    kind, cluster = resolve_launcher(launcher, cluster)
+    if not pending:
+        return rows
+    if kind == "local":
+        run = _task_run(task)
+        return rows + [{"run_id": s.run_id, "state": "DONE", **run(s, paths, stale="restart")}
+                       for s in pending]
+    executor = make_executor(load_cluster(cluster), paths.logs_dir.resolve() / "submitit",
+                             f"pixbench-{task}-sweep")
+    with executor.batch():
+        jobs = [executor.submit(TaskJob(task, s.canonical(), _abs_paths(paths), "restart"))
+                for s in pending]
+    if not wait:
+        return rows + [{"run_id": s.run_id, "job_id": j.job_id, "state": "SUBMITTED"}
+                       for s, j in zip(pending, jobs)]
+    for s, j in zip(pending, jobs):
+        try:
+            rows.append({"run_id": s.run_id, "job_id": j.job_id, "state": "DONE",
+                         **wait_for(j, s.run_id)})
+        except UserError as exc:
+            rows.append({"run_id": s.run_id, "job_id": j.job_id, "state": "FAILED",
+                         "error": str(exc)})
+    return rows

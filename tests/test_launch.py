@@ -1,0 +1,64 @@
+"""The launcher without a scheduler: profiles, launcher choice, the checkpointable job."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from pixbench import launch
+from pixbench.config import Paths, load_params, make_classify_spec
+from pixbench.errors import UserError
+
+
+def test_repo_cluster_profiles_validate():
+    for path in sorted(launch.CLUSTER_DIR.glob("*.yaml")):
+        assert launch.load_cluster(path.stem).partition
+
+
+def test_bad_cluster_profile_names_file_and_field(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXBENCH_CLUSTER_DIR", str(tmp_path))
+    (tmp_path / "c.yaml").write_text("partition: gpu\ngpus: 8\n")
+    with pytest.raises(UserError, match=r"c.yaml: gpus: unknown key"):
+        launch.load_cluster("c")
+    (tmp_path / "c.yaml").write_text("partition: gpu\ntimeout_min: soon\n")
+    with pytest.raises(UserError, match=r"c.yaml: timeout_min: Input should be a valid integer"):
+        launch.load_cluster("c")
+    with pytest.raises(UserError, match="cluster profile not found.*known: c"):
+        launch.load_cluster("nope")
+
+
+def test_launcher_resolution(monkeypatch):
+    monkeypatch.delenv("PIXBENCH_CLUSTER", raising=False)
+    assert launch.resolve_launcher(None, None) == ("local", None)
+    with pytest.raises(UserError, match="needs --cluster"):
+        launch.resolve_launcher("slurm", None)
+    with pytest.raises(UserError, match="must be 'local' or 'slurm'"):
+        launch.resolve_launcher("k8s", None)
+    monkeypatch.setattr(launch.shutil, "which", lambda _: None)
+    monkeypatch.setenv("PIXBENCH_CLUSTER", "local")
+    with pytest.raises(UserError, match="sbatch is not on PATH"):
+        launch.resolve_launcher(None, None)
+
+
+def test_task_job_pickles_and_checkpoint_resumes_same_spec(tiny_project):
+    spec = make_classify_spec(load_params(tiny_project), size=None, patch=4, seed=0)
+    job = launch.TaskJob("classify", spec.canonical(), launch._abs_paths(Paths()), "restart")
+    again = pickle.loads(pickle.dumps(job))
+    metrics = again()
+    assert metrics["run_id"] == "classify-xxs-p4-s0"
+    delayed = job.checkpoint()
+    requeued = delayed.function
+    assert isinstance(requeued, launch.TaskJob) and requeued is not job
+    assert requeued.spec == job.spec and requeued.stale == "error"  # never discards the run
+    assert requeued() == metrics  # the requeued instance finds the finished run
+
+
+def test_local_sweep_skips_finished_cells(tiny_project, monkeypatch):
+    params = load_params(tiny_project)
+    specs = [make_classify_spec(params, size=None, patch=p, seed=0) for p in (4, 8)]
+    rows = launch.sweep("classify", specs, Paths(), launcher="local", cluster=None)
+    assert [r["state"] for r in rows] == ["DONE", "DONE"] and all("top1" in r for r in rows)
+    monkeypatch.setattr(launch, "_task_run", lambda task: pytest.fail("re-ran a finished cell"))
+    rows = launch.sweep("classify", specs, Paths(), launcher="local", cluster=None)
+    assert sorted(r["run_id"] for r in rows) == ["classify-xxs-p4-s0", "classify-xxs-p8-s0"]
