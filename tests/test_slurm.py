@@ -1,0 +1,138 @@
+"""Against a real SLURM (slurm/local-cluster/start.sh; CI starts it): submit, arrays, requeue,
+failure and cancel. Skipped with a reason where no SLURM answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixbench import launch
+from pixbench.config import Paths, load_params, make_classify_spec
+from pixbench.errors import UserError
+from pixbench.runio import CKPT_NAME
+
+STATE = Path(os.environ.get("PIXBENCH_SLURM_STATE", "/tmp/pixbench-slurm"))
+
+
+def _slurm_reason() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "no SLURM client (sbatch) on PATH; run slurm/local-cluster/start.sh"
+    env = dict(os.environ)
+    if "SLURM_CONF" not in env and (STATE / "etc" / "slurm.conf").exists():
+        env["SLURM_CONF"] = str(STATE / "etc" / "slurm.conf")
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return "scontrol ping did not answer"
+    return None if "UP" in out.stdout else "no slurmctld answers scontrol ping"
+
+
+REASON = _slurm_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+@pytest.fixture(autouse=True)
+def slurm_env(monkeypatch):
+    if "SLURM_CONF" not in os.environ:
+        monkeypatch.setenv("SLURM_CONF", str(STATE / "etc" / "slurm.conf"))
+    monkeypatch.setenv("PIXBENCH_CLUSTER", "local")
+
+
+def _spec(params_path, patch=4, seed=0, **over):
+    params = load_params(params_path)
+    prof = params.active
+    params = params.model_copy(update={"profiles": {params.profile: prof.model_copy(
+        update={"classify": prof.classify.model_copy(update=over)})}})
+    return make_classify_spec(params, size=None, patch=patch, seed=seed)
+
+
+def test_submit_tiny_run_returns_metrics(tiny_project):
+    spec = _spec(tiny_project)
+    t0 = time.perf_counter()
+    metrics = launch.launch("classify", spec, Paths(), launcher="slurm", cluster="local")
+    print(f"submit -> metrics: {time.perf_counter() - t0:.1f} s")
+    assert metrics["run_id"] == "classify-xxs-p4-s0" and metrics["top1"] > 40
+    manifest = json.loads((Paths().run_dir("tiny", spec.run_id) / "manifest.json").read_text())
+    assert manifest["slurm_job_id"] is not None
+
+
+def test_sweep_is_one_job_array(tiny_project):
+    params = load_params(tiny_project)
+    specs = [make_classify_spec(params, size=None, patch=p, seed=0) for p in (2, 4, 8)]
+    rows = launch.sweep("classify", specs, Paths(), launcher="slurm", cluster="local")
+    assert [r["state"] for r in rows] == ["DONE"] * 3
+    array_ids = {str(r["job_id"]).split("_")[0] for r in rows}
+    assert len(array_ids) == 1 and all("_" in str(r["job_id"]) for r in rows)
+    again = launch.sweep("classify", specs, Paths(), launcher="slurm", cluster="local")
+    assert all("job_id" not in r for r in again)  # finished cells are skipped
+
+
+def _wait_for_checkpoint(path: Path, min_step: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                if torch.load(path, weights_only=False)["state"]["global_step"] >= min_step:
+                    return
+            except Exception:  # being replaced right now
+                pass
+        time.sleep(0.2)
+    pytest.fail(f"no checkpoint at step >= {min_step} in {timeout_s} s")
+
+
+def test_interrupted_job_requeues_and_ends_bitwise_identical(tiny_project, tmp_path, monkeypatch):
+    spec = _spec(tiny_project, patch=1, epochs=6, checkpoint_every_s=1e-6)
+    paths = Paths()
+    executor = launch.make_executor(launch.load_cluster("local"), tmp_path / "submitit", "requeue")
+    job = executor.submit(launch.TaskJob("classify", spec.canonical(), launch._abs_paths(paths)))
+    ckpt = paths.run_dir(spec.profile, spec.run_id) / CKPT_NAME
+    _wait_for_checkpoint(ckpt, min_step=10)
+    t_int = time.perf_counter()
+    job._interrupt()  # USR2: submitit calls checkpoint() and requeues the job
+    while job.state not in ("PENDING", "REQUEUED", "COMPLETED") and time.perf_counter() - t_int < 60:
+        time.sleep(0.2)
+    step_at_interrupt = torch.load(ckpt, weights_only=False)["state"]["global_step"]
+    _wait_for_checkpoint(ckpt, min_step=step_at_interrupt + 1)
+    print(f"interrupt -> resumed training: {time.perf_counter() - t_int:.1f} s")
+    metrics = launch.wait_for(job, spec.run_id)
+    assert metrics["steps"] == 6 * (256 // 32)
+    logs = "".join(p.read_text() for p in (tmp_path / "submitit").glob("*_log.err"))
+    assert "requeu" in logs.lower()
+
+    monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "runs-local"))
+    from pixbench.tasks import classify
+
+    classify.run(spec, Paths(), progress=False)
+    ref = torch.load(Paths().run_dir(spec.profile, spec.run_id) / CKPT_NAME, weights_only=False)
+    got = torch.load(ckpt, weights_only=False)
+    for k in ref["model"]:
+        assert torch.equal(ref["model"][k], got["model"][k]), k
+
+
+def test_failing_job_reports_the_remote_error(tiny_project, tmp_path, capsys):
+    spec = _spec(tiny_project)
+    paths = Paths(cache_dir=tmp_path / "no-cache", runs_dir=tmp_path / "runs-fail",
+                  logs_dir=tmp_path / "logs")
+    with pytest.raises(UserError, match="failed \\(remote traceback above"):
+        launch.launch("classify", spec, paths, launcher="slurm", cluster="local")
+    assert "dataset cache not found" in capsys.readouterr().err
+
+
+def test_cancelled_job_ends_with_a_clear_message(tiny_project, tmp_path):
+    spec = _spec(tiny_project, patch=1, epochs=500)
+    executor = launch.make_executor(launch.load_cluster("local"), tmp_path / "submitit", "cancel")
+    job = executor.submit(launch.TaskJob("classify", spec.canonical(), launch._abs_paths(Paths())))
+    while job.state in ("UNKNOWN", "PENDING"):
+        time.sleep(0.2)
+    t0 = time.perf_counter()
+    job.cancel()
+    with pytest.raises(UserError, match="ended without a result"):
+        launch.wait_for(job, spec.run_id)
+    print(f"cancel -> clear error: {time.perf_counter() - t0:.1f} s")
