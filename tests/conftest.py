@@ -28,6 +28,9 @@ TINY_CLASSIFY = {
     "precision": "fp32", "checkpoint_every_s": 60.0, "curve_every_steps": 5, "throughput_steps": 1,
 }
 TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 4, 8], "seeds": [0]},
+               "locality": {"variants": {"shuffle": {"permutation": {"kind": "shuffle"}},
+                                         "no-pos": {"pos_embed": "none"}},
+                            "run": ["shuffle"], "seeds": [0]},
                "profiles": {"tiny": {"data": TINY_DATA, "classify": TINY_CLASSIFY}}}
 
 

@@ -63,3 +63,17 @@ def test_spec_digest_tracks_every_field(tmp_path, tiny_params):
     assert spec_diff(a.canonical(), b.canonical()) == ["seed: 0 -> 1"]
     with pytest.raises(UserError, match="--patch 3 does not divide"):
         make_classify_spec(params, size=None, patch=3, seed=0)
+
+
+def test_locality_variant_overrides_only_its_fields(tmp_path, tiny_params):
+    params = load_params(write_params(tmp_path / "p.yaml", tiny_params))
+    base = make_classify_spec(params, size=None, patch=2, seed=0)
+    shuffled = make_classify_spec(params, size=None, patch=2, seed=0, variant="shuffle")
+    assert shuffled.run_id == "classify-xxs-p2-s0-shuffle"
+    assert spec_diff(base.canonical(), shuffled.canonical()) == [
+        "classify.permutation.kind: 'none' -> 'shuffle'", "variant: None -> 'shuffle'"]
+    with pytest.raises(UserError, match="--variant 'nope' is not one of locality.variants"):
+        make_classify_spec(params, size=None, patch=2, seed=0, variant="nope")
+    tiny_params["locality"]["run"] = ["ghost"]
+    with pytest.raises(UserError, match=r"locality.run \['ghost'\] are not in locality.variants"):
+        load_params(write_params(tmp_path / "q.yaml", tiny_params))

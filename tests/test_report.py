@@ -10,12 +10,12 @@ from pixbench.config import Paths, load_params
 from pixbench.report import build_report
 
 
-def _fixture_run(runs, patch, seed, top1):
-    d = runs / f"classify-xxs-p{patch}-s{seed}"
+def _fixture_run(runs, patch, seed, top1, variant=None):
+    d = runs / (f"classify-xxs-p{patch}-s{seed}" + (f"-{variant}" if variant else ""))
     d.mkdir(parents=True)
     m = {"run_id": d.name, "model": f"vit-xxs-p{patch}", "display": f"ViT-XXS/{patch}",
          "profile": "tiny", "dataset": "fashion_mnist", "image_size": 8, "size": "xxs",
-         "patch": patch, "seed": seed, "tokens": (8 // patch) ** 2, "num_classes": 4,
+         "patch": patch, "seed": seed, "variant": variant, "tokens": (8 // patch) ** 2, "num_classes": 4,
          "params": 1000 + patch, "top1": top1, "top5": 99.0, "loss": 0.5, "val_n": 64,
          "gflops_train": 0.3 / patch, "gflops_infer": 0.1 / patch, "train_img_per_s": 100.0 * patch,
          "infer_img_per_s": 300.0 * patch, "step_mem_mb": 10.0 / patch, "train_s": 5.0, "device": "cpu"}
@@ -33,8 +33,12 @@ def test_report_tables_plots_and_determinism(workdir, tiny_params):
     for patch, values in accs.items():
         for seed, acc in enumerate(values):
             _fixture_run(runs, patch, seed, acc)
+    _fixture_run(runs, 1, 0, 61.0, variant="shuffle")
+    _fixture_run(runs, 4, 0, 55.0, variant="shuffle")
     path = build_report(params, Paths())
     text = path.read_text()
+    assert "| ViT-XXS/1 | 1 | 62.17 ± 2.02 (n=3) | 61.00 (n=1) |" in text
+    assert "| ViT-XXS/4 | 4 | 80.17 ± 0.76 (n=3) | 55.00 (n=1) |" in text
     p1 = f"{statistics.fmean(accs[1]):.2f} ± {statistics.stdev(accs[1]):.2f}"
     row = next(line for line in text.splitlines() if line.startswith("| ViT-XXS/1 |"))
     assert p1 in row and "| 64 |" in row and row.rstrip().endswith("| 3 | 5 |")
@@ -55,4 +59,4 @@ def test_report_tables_plots_and_determinism(workdir, tiny_params):
 def test_report_without_runs_says_so(workdir, tiny_params):
     params = load_params(write_params(workdir / "params.yaml", tiny_params))
     text = build_report(params, Paths()).read_text()
-    assert "No finished runs" in text
+    assert "No finished runs" in text and "## Locality" not in text

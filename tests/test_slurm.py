@@ -88,21 +88,22 @@ def _wait_for_checkpoint(path: Path, min_step: int, timeout_s: float = 120) -> N
 
 
 def test_interrupted_job_requeues_and_ends_bitwise_identical(tiny_project, tmp_path, monkeypatch):
-    spec = _spec(tiny_project, patch=1, epochs=6, checkpoint_every_s=1e-6)
+    spec = _spec(tiny_project, patch=2, epochs=25, checkpoint_every_s=0.1)  # 200 steps
     paths = Paths()
     executor = launch.make_executor(launch.load_cluster("local"), tmp_path / "submitit", "requeue")
     job = executor.submit(launch.TaskJob("classify", spec.canonical(), launch._abs_paths(paths)))
     ckpt = paths.run_dir(spec.profile, spec.run_id) / CKPT_NAME
-    _wait_for_checkpoint(ckpt, min_step=10)
+    _wait_for_checkpoint(ckpt, min_step=3)
     t_int = time.perf_counter()
     job._interrupt()  # USR2: submitit calls checkpoint() and requeues the job
     while job.state not in ("PENDING", "REQUEUED", "COMPLETED") and time.perf_counter() - t_int < 60:
         time.sleep(0.2)
     step_at_interrupt = torch.load(ckpt, weights_only=False)["state"]["global_step"]
+    assert step_at_interrupt < 25 * 8, "finished before the interrupt: make the job longer"
     _wait_for_checkpoint(ckpt, min_step=step_at_interrupt + 1)
     print(f"interrupt -> resumed training: {time.perf_counter() - t_int:.1f} s")
     metrics = launch.wait_for(job, spec.run_id)
-    assert metrics["steps"] == 6 * (256 // 32)
+    assert metrics["steps"] == 25 * (256 // 32)
     logs = "".join(p.read_text() for p in (tmp_path / "submitit").glob("*_log.err"))
     assert "requeu" in logs.lower()
 

@@ -66,6 +66,8 @@ def classify_run(
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, order and augmentation.")] = 0,
     size: Annotated[Optional[str], typer.Option(
         "--size", help="Model size key (xxs, xs, m, t, s, b, l); default: sweep.sizes[0].")] = None,
+    variant: Annotated[Optional[str], typer.Option(
+        "--variant", help="A locality ablation of params.yaml's locality.variants.")] = None,
     stale: Annotated[str, typer.Option(
         "--stale", help="A run dir left by another spec: 'error' or 'restart' (discard it).")] = "error",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -81,7 +83,8 @@ def classify_run(
 
     if stale not in ("error", "restart"):
         raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
-    spec = make_classify_spec(_params(params_path, profile), size=size, patch=patch, seed=seed)
+    spec = make_classify_spec(_params(params_path, profile), size=size, patch=patch, seed=seed,
+                              variant=variant)
     metrics = launch("classify", spec, Paths(), launcher=launcher, cluster=cluster, stale=stale,
                      device=device, wait=wait)
     keys = ("run_id", "top1", "top5", "tokens", "params", "gflops_train", "train_img_per_s",

@@ -67,10 +67,26 @@ class AugmentConfig(Strict):
                                "RGB image to grayscale.")
 
 
+class PermutationConfig(Strict):
+    kind: Literal["none", "shuffle", "local"] = Field("none", description="A fixed pixel "
+                                                      "permutation for train and val alike: "
+                                                      "none, a full shuffle, or local swaps.")
+    swaps: int = Field(0, ge=0, description="local: number of swaps T (the paper's 25K on "
+                       "224x224 ImageNet).")
+    distance: int = Field(1, ge=1, description="local: max Chebyshev distance δ of a swap.")
+    seed: int = Field(0, description="Seed of the permutation (fixed across runs and seeds).")
+
+
 class ClassifyConfig(Strict):
     pool: Literal["avg", "cls"] = Field("avg", description="Global average pooling or a "
                                         "class token.")
     drop_path: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
+    pos_embed: Literal["learn", "sincos", "none"] = Field("learn", description="Position "
+                                                          "embeddings: learned from random init "
+                                                          "(the paper's), fixed 2D sin-cos, or "
+                                                          "none.")
+    permutation: PermutationConfig = Field(PermutationConfig(), description="Fixed pixel "
+                                           "permutation applied where tokens are made.")
     train_subset: int | None = Field(None, gt=0, description="Use this many training images "
                                      "(a fixed, class-balanced subset), or null for all.")
     val_subset: int | None = Field(None, gt=0, description="Evaluate on this many validation "
@@ -107,11 +123,28 @@ class Sweep(Strict):
     seeds: list[int] = Field(min_length=1, description="Seeds of the DVC matrix.")
 
 
+class Variant(Strict):
+    pos_embed: Literal["learn", "sincos", "none"] | None = Field(None, description="Override "
+                                                                "of classify.pos_embed.")
+    permutation: PermutationConfig | None = Field(None, description="Override of "
+                                                  "classify.permutation.")
+
+
+class Locality(Strict):
+    variants: dict[str, Variant] = Field(description="Named locality ablations: overrides of "
+                                         "the classify recipe; nothing else changes.")
+    run: list[str] = Field(description="Variants the DVC locality matrix runs (x sweep sizes "
+                           "x sweep patches x locality seeds).")
+    seeds: list[int] = Field(min_length=1, description="Seeds of the locality matrix.")
+
+
 class Params(Strict):
     profile: str = Field(description="The active profile: the one switch between the CPU "
                          "default and the paper recipes.")
     sweep: Sweep = Field(description="Cells of the DVC matrix (sizes x patch sizes x seeds).")
     profiles: dict[str, Profile] = Field(description="Named data + recipe presets.")
+    locality: Locality = Field(description="Locality ablations (pixel permutation, position "
+                               "embeddings).")
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -124,6 +157,9 @@ class Params(Strict):
         if unknown:
             raise ValueError(f"sweep.sizes {unknown} are not known sizes ({', '.join(SIZES)})")
         size = self.profiles[self.profile].data.image_size
+        missing = [v for v in self.locality.run if v not in self.locality.variants]
+        if missing:
+            raise ValueError(f"locality.run {missing} are not in locality.variants")
         bad = [p for p in self.sweep.patches if p < 1 or size % p]
         if bad:
             raise ValueError(f"sweep.patches {bad} do not divide profiles.{self.profile}"
@@ -194,12 +230,14 @@ class RunSpec(Strict):
     size: str
     patch: int
     seed: int
+    variant: str | None = None
     data: DataConfig
     classify: ClassifyConfig
 
     @property
     def run_id(self) -> str:
-        return f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
+        base = f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
+        return f"{base}-{self.variant}" if self.variant else base
 
     def canonical(self) -> dict:
         return json.loads(self.model_dump_json())
@@ -209,7 +247,8 @@ class RunSpec(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: int) -> RunSpec:
+def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: int,
+                       variant: str | None = None) -> RunSpec:
     from pixbench.models.vit import SIZES
 
     prof = params.active
@@ -219,8 +258,15 @@ def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: in
     if patch < 1 or prof.data.image_size % patch:
         raise UserError(f"--patch {patch} does not divide profiles.{params.profile}.data."
                         f"image_size={prof.data.image_size}")
-    return RunSpec(profile=params.profile, size=size, patch=patch, seed=seed, data=prof.data,
-                   classify=prof.classify)
+    cls = prof.classify
+    if variant is not None:
+        if variant not in params.locality.variants:
+            raise UserError(f"--variant {variant!r} is not one of locality.variants "
+                            f"({', '.join(params.locality.variants)})")
+        over = params.locality.variants[variant].model_dump(exclude_none=True)
+        cls = ClassifyConfig.model_validate({**cls.model_dump(), **over})
+    return RunSpec(profile=params.profile, size=size, patch=patch, seed=seed, variant=variant,
+                   data=prof.data, classify=cls)
 
 
 def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

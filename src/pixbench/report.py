@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pixbench.config import Params, Paths
-from pixbench.paper import PAPER, RECIPE_NOTE, SUPERVISED
+from pixbench.paper import LOCALITY_NOTE, PAPER, RECIPE_NOTE, SUPERVISED
 from pixbench.runio import atomic_write_bytes
 
 FIG_DIR = "figures"
@@ -43,11 +43,30 @@ def fmt_ms(values: list[float], digits: int = 2) -> str:
 
 
 def aggregate(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Group runs by (dataset, image size, model size, patch); seeds are the replicates."""
+    """Group baseline runs (no locality variant) by (dataset, image size, model size, patch);
+    seeds are the replicates."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["dataset"], r["image_size"], r["size"], r["patch"])].append(r)
+        if r.get("variant") is None:
+            groups[(r["dataset"], r["image_size"], r["size"], r["patch"])].append(r)
     return dict(sorted(groups.items()))
+
+
+def locality_table(rows: list[dict]) -> list[str]:
+    """Top-1 per patch size: the baseline beside every locality variant that has runs."""
+    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    variants = sorted({r["variant"] for r in rows if r.get("variant")})
+    if not variants:
+        return []
+    for r in rows:
+        cells[(r["size"], r["patch"])][r.get("variant") or "baseline"].append(r["top1"])
+    head = ["model", "patch", "baseline (learned pos, no permutation)"] + variants
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (size, patch), by_variant in sorted(cells.items()):
+        vals = [fmt_ms(by_variant[v]) + f" (n={len(by_variant[v])})" if by_variant.get(v) else "–"
+                for v in ["baseline"] + variants]
+        lines.append(f"| ViT-{size.upper()}/{patch} | {patch} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def _savefig(fig, path: Path) -> None:
@@ -181,32 +200,47 @@ def recipe_summary(params: Params) -> list[str]:
             "differs."]
 
 
-def build_report(params: Params, paths: Paths) -> Path:
-    out_dir = paths.reports_dir
-    rows = collect_runs(paths.runs_dir / params.profile)
-    groups = aggregate(rows)
-    lines = ["# pixbench report", "",
-             "What does it cost, and what does it buy, to make every pixel a token instead of "
-             f"every patch? ({PAPER})", "", "## Classification", ""]
-    lines += recipe_summary(params) + [""]
+CLASSIFY_NOTE = ("Top-1 is on the full validation split (mean ± sample std over n seeds). "
+                 "GFLOPs are analytic (matmuls, attention included; train = 3x forward). img/s "
+                 "and memory are measured on the device below: on CPU, peak RSS is the whole "
+                 "process (libraries included) during timed train steps and step mem is that "
+                 "peak minus the memory resident just before them; on GPU both are allocator "
+                 "figures.")
+LOCALITY_INTRO = ("Top-1 % with a fixed pixel permutation (train and val alike) or another "
+                  "position embedding; everything else is the recipe above. A p=1 model with "
+                  "learned position embeddings is exactly equivariant to any pixel permutation "
+                  "(tests/test_locality.py), so its shuffle column should differ from its "
+                  "baseline only by seed noise; patches lose their locality prior.")
+
+
+def classify_section(params: Params, rows: list[dict], out_dir: Path) -> list[str]:
+    lines = ["## Classification", ""] + recipe_summary(params) + [""]
     if not rows:
-        lines += [f"No finished runs under {paths.runs_dir / params.profile}.", ""]
+        lines += [f"No finished runs for profile {params.profile}.", ""]
     by_dataset: dict[tuple, dict] = defaultdict(dict)
-    for key, runs in groups.items():
+    for key, runs in aggregate(rows).items():
         by_dataset[key[:2]][key] = runs
     for (dataset, image_size), sub in by_dataset.items():
         stem = f"classify_{params.profile}_{dataset}{image_size}"
         lines += [f"### {dataset} {image_size}x{image_size}", ""] + classify_table(sub) + [""]
         figs = plot_accuracy(sub, out_dir / FIG_DIR, stem) + [plot_curves(sub, out_dir / FIG_DIR, stem)]
         lines += [f"![{f}]({FIG_DIR}/{f})" for f in figs] + [""]
-    lines += ["Top-1 is on the full validation split (mean ± sample std over n seeds). GFLOPs "
-              "are analytic (matmuls, attention included; train = 3x forward). img/s and memory "
-              "are measured on the device below: on CPU, peak RSS is the whole process "
-              "(libraries included) during timed train steps and step mem is that peak minus "
-              "the memory resident just before them; on GPU both are allocator figures.", "",
-              "### The paper's numbers", ""] + paper_table() + ["", RECIPE_NOTE,
-              "Our default is a CPU-minutes proxy, not the paper's recipe: compare trends, not "
-              "absolute values.", "", "## Environment", ""] + environment(rows) + [""]
+    return lines + [CLASSIFY_NOTE, "", "### The paper's numbers", ""] + paper_table() + [
+        "", RECIPE_NOTE, "Our default is a CPU-minutes proxy, not the paper's recipe: compare "
+        "trends, not absolute values.", ""]
+
+
+def build_report(params: Params, paths: Paths) -> Path:
+    out_dir = paths.reports_dir
+    rows = collect_runs(paths.runs_dir / params.profile)
+    lines = ["# pixbench report", "",
+             "What does it cost, and what does it buy, to make every pixel a token instead of "
+             f"every patch? ({PAPER})", ""]
+    lines += classify_section(params, rows, out_dir)
+    loc = locality_table(rows)
+    if loc:
+        lines += ["## Locality", "", LOCALITY_INTRO, ""] + loc + ["", LOCALITY_NOTE, ""]
+    lines += ["## Environment", ""] + environment(rows) + [""]
     path = out_dir / "REPORT.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path

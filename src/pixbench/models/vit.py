@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 
 from pixbench.eval.flops import VitShape
+from pixbench.models.locality import PosEmbed, attach_pixel_permutation, set_pos_embed
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,20 @@ def check_patch(image_size: int, patch: int) -> None:
 
 
 def vit(*, size: str, patch: int, image_size: int, in_chans: int, num_classes: int,
-        pool: Pool = "avg", drop_path: float = 0.0) -> nn.Module:
-    """A timm VisionTransformer of a named size; every patch size shares this path."""
+        pool: Pool = "avg", drop_path: float = 0.0, pos_embed: PosEmbed = "learn",
+        pixel_perm: torch.Tensor | None = None) -> nn.Module:
+    """A timm VisionTransformer of a named size; every patch size shares this path.
+
+    pos_embed: 'learn' (the paper's: learned, random init), 'sincos' (fixed 2D, DiT/MAE) or
+    'none'. pixel_perm: an optional fixed (H*W,) pixel permutation applied before tokenising.
+    """
     from timm.models.vision_transformer import VisionTransformer  # lazy: timm imports in ~5 s
 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
     check_patch(image_size, patch)
     s = SIZES[size]
-    return VisionTransformer(
+    model = VisionTransformer(
         img_size=image_size,
         patch_size=patch,
         in_chans=in_chans,
@@ -87,7 +94,12 @@ def vit(*, size: str, patch: int, image_size: int, in_chans: int, num_classes: i
         mlp_ratio=s.mlp_ratio,
         class_token=(pool == "cls"),
         global_pool="token" if pool == "cls" else "avg",
-        pos_embed="learn",  # randomly initialised (trunc-normal, std .02), no 2D prior
+        # 'learn' is randomly initialised (trunc-normal, std .02): no 2D prior
+        pos_embed="none" if pos_embed == "none" else "learn",
         dynamic_img_size=False,
         drop_path_rate=drop_path,
     )
+    set_pos_embed(model, pos_embed, image_size // patch)
+    if pixel_perm is not None:
+        attach_pixel_permutation(model, pixel_perm)
+    return model

@@ -25,6 +25,7 @@ from pixbench.data.cache import CachedDataset, load_cache
 from pixbench.errors import UserError
 from pixbench.eval.flops import vit_forward_flops, vit_train_flops
 from pixbench.eval.measure import autocast, measure_inference, measure_train
+from pixbench.models.locality import local_swap_permutation, shuffle_permutation
 from pixbench.models.vit import SIZES, display_name, model_key, vit, vit_shape
 from pixbench.runio import (CKPT_NAME, atomic_write_json, load_checkpoint, read_json,
                             run_manifest, save_checkpoint)
@@ -87,6 +88,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # fixed sin-cos position embeddings
+            continue
         (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
@@ -185,12 +188,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
 # ---------------------------------------------------------------------------------------- run
 
 
+def pixel_permutation(cfg: ClassifyConfig, image_size: int) -> torch.Tensor | None:
+    perm = cfg.permutation
+    if perm.kind == "shuffle":
+        return shuffle_permutation(image_size, image_size, perm.seed)
+    if perm.kind == "local":
+        return local_swap_permutation(image_size, image_size, perm.swaps, perm.distance, perm.seed)
+    return None
+
+
 def build_model(spec: RunSpec, ds_manifest: dict) -> nn.Module:
     """The one place config becomes model kwargs; seeded so init is a function of the seed."""
     torch.manual_seed(spec.seed)
-    return vit(size=spec.size, patch=spec.patch, image_size=ds_manifest["image_size"],
+    size = ds_manifest["image_size"]
+    return vit(size=spec.size, patch=spec.patch, image_size=size,
                in_chans=ds_manifest["channels"], num_classes=ds_manifest["num_classes"],
-               pool=spec.classify.pool, drop_path=spec.classify.drop_path)
+               pool=spec.classify.pool, drop_path=spec.classify.drop_path,
+               pos_embed=spec.classify.pos_embed,
+               pixel_perm=pixel_permutation(spec.classify, size))
 
 
 def open_run_dir(run_dir: Path, spec: RunSpec, stale: str) -> dict | None:
@@ -233,7 +248,9 @@ def compute_metrics(model: nn.Module, spec: RunSpec, ds: CachedDataset, data: Te
         "run_id": spec.run_id, "model": model_key(spec.size, spec.patch),
         "display": display_name(spec.size, spec.patch), "profile": spec.profile,
         "dataset": m["source"], "image_size": m["image_size"], "size": spec.size,
-        "patch": spec.patch, "seed": spec.seed, "tokens": shape.patch_tokens,
+        "patch": spec.patch, "seed": spec.seed, "variant": spec.variant,
+        "pos_embed": spec.classify.pos_embed, "permutation": spec.classify.permutation.kind,
+        "tokens": shape.patch_tokens,
         "num_classes": m["num_classes"],
         "params": sum(p.numel() for p in model.parameters()),
         "top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "val_n": final["n"],
