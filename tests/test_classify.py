@@ -138,3 +138,20 @@ def test_balanced_subset_is_fixed_and_balanced():
     a = classify.balanced_subset(labels, 40, 4)
     assert np.array_equal(a, classify.balanced_subset(labels, 40, 4))
     assert np.bincount(labels[a]).tolist() == [10, 10, 10, 10]
+
+
+def test_bf16_autocast_trains_like_fp32(tiny_project):
+    """bf16 is chosen only where it pays (width >= 192 on CPU); check it does not cost accuracy."""
+    fp32 = classify.run(_spec(tiny_project, patch=4, seed=5), Paths(), progress=False)
+    bf16 = classify.run(_spec(tiny_project, patch=4, seed=5, precision="bf16", epochs=2,
+                              curve_every_steps=None, checkpoint_every_s=59.0), Paths(),
+                        stale="restart", progress=False)
+    assert bf16["precision"] == "bf16" and fp32["precision"] == "fp32"
+    assert abs(bf16["top1"] - fp32["top1"]) <= 10.0 and bf16["top1"] > 40.0
+
+
+def test_auto_precision_uses_bf16_only_where_it_pays(tiny_project):
+    cfg = _spec(tiny_project).classify.model_copy(update={"precision": "auto"})
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not classify.use_bf16(cfg, "xxs", cpu) and classify.use_bf16(cfg, "t", cpu)
+    assert classify.use_bf16(cfg, "xxs", gpu)
