@@ -6,11 +6,14 @@ import json
 import statistics
 
 from conftest import write_params
-from pixbench.config import Paths, load_params
+import pytest
+
+from pixbench.config import Paths, load_params, make_classify_spec
+from pixbench.errors import UserError
 from pixbench.report import build_report
 
 
-def _fixture_run(runs, patch, seed, top1, variant=None):
+def _fixture_run(runs, patch, seed, top1, variant=None, params=None):
     d = runs / (f"classify-xxs-p{patch}-s{seed}" + (f"-{variant}" if variant else ""))
     d.mkdir(parents=True)
     m = {"run_id": d.name, "model": f"vit-xxs-p{patch}", "display": f"ViT-XXS/{patch}",
@@ -18,10 +21,13 @@ def _fixture_run(runs, patch, seed, top1, variant=None):
          "patch": patch, "seed": seed, "variant": variant, "tokens": (8 // patch) ** 2, "num_classes": 4,
          "params": 1000 + patch, "top1": top1, "top5": 99.0, "loss": 0.5, "val_n": 64,
          "gflops_train": 0.3 / patch, "gflops_infer": 0.1 / patch, "train_img_per_s": 100.0 * patch,
-         "infer_img_per_s": 300.0 * patch, "step_mem_mb": 10.0 / patch, "train_s": 5.0, "device": "cpu"}
+         "infer_img_per_s": 300.0 * patch, "step_mem_mb": 10.0 / patch, "train_s": 5.0 * seed + 5.0 / patch,
+         "device": "cpu", "spec_digest": make_classify_spec(
+             params, size="xxs", patch=patch, seed=seed, variant=variant).digest()}
     (d / "metrics.json").write_text(json.dumps(m))
-    (d / "curve.json").write_text(json.dumps([{"epoch": 1, "val_top1_subset": top1 - 5, "step": 8},
-                                              {"epoch": 2, "val_top1_subset": top1, "step": 16}]))
+    (d / "curve.json").write_text(json.dumps([
+        {"epoch": 1, "val_top1_subset": top1 - 15, "step": 8, "images_seen": 256, "train_time_s": 1.0},
+        {"epoch": 2, "val_top1_subset": top1, "step": 16, "images_seen": 512, "train_time_s": 2.0}]))
     (d / "manifest.json").write_text(json.dumps({"cpu": "Test CPU", "torch_threads": 2,
                                                  "versions": {"torch": "2.x", "timm": "1.x"}}))
 
@@ -32,26 +38,36 @@ def test_report_tables_plots_and_determinism(workdir, tiny_params):
     accs = {1: [60.0, 64.0, 62.5], 4: [80.0, 81.0, 79.5]}
     for patch, values in accs.items():
         for seed, acc in enumerate(values):
-            _fixture_run(runs, patch, seed, acc)
-    _fixture_run(runs, 1, 0, 61.0, variant="shuffle")
-    _fixture_run(runs, 4, 0, 55.0, variant="shuffle")
+            _fixture_run(runs, patch, seed, acc, params=params)
+    _fixture_run(runs, 1, 0, 61.0, variant="shuffle", params=params)
+    _fixture_run(runs, 4, 0, 55.0, variant="shuffle", params=params)
     path = build_report(params, Paths())
     text = path.read_text()
     assert "| ViT-XXS/1 | 1 | 62.17 ± 2.02 (n=3) | 61.00 (n=1) |" in text
     assert "| ViT-XXS/4 | 4 | 80.17 ± 0.76 (n=3) | 55.00 (n=1) |" in text
     p1 = f"{statistics.fmean(accs[1]):.2f} ± {statistics.stdev(accs[1]):.2f}"
     row = next(line for line in text.splitlines() if line.startswith("| ViT-XXS/1 |"))
-    assert p1 in row and "| 64 |" in row and row.rstrip().endswith("| 3 | 5 |")
+    assert p1 in row and "| 64 |" in row and row.rstrip().endswith("| 3 | 10 |")
     assert "| CIFAR-100 32x32 | S (384, 12) | 83.7 | 86.4 | [S]" in text
     assert "Test CPU" in text
     figs = sorted((workdir / "reports" / "figures").iterdir())
     assert [f.name for f in figs] == [
         "classify_tiny_fashion_mnist8_learning_curves.png",
         "classify_tiny_fashion_mnist8_top1_vs_gflops.png",
-        "classify_tiny_fashion_mnist8_top1_vs_patch.png"]
+        "classify_tiny_fashion_mnist8_top1_vs_patch.png",
+        "classify_tiny_fashion_mnist8_top1_vs_train_time.png"]
+    # Welch's t-test of p=1 against the best patch (p=4), checked against scipy directly
+    from scipy import stats
+    ref = stats.ttest_ind(accs[1], accs[4], equal_var=False)
+    assert f"t = {ref.statistic:.2f}" in text and f"p = {ref.pvalue:.2g}" in text
+    assert "pixels (p=1) vs the best patch size p=4: Δ -18.00 pt" in text
+    # cost to reach 50%: p=1 reaches it at epoch 2 only (top1-15 < 50 at epoch 1)
+    assert "| ViT-XXS/1 | 154 | 2.0 | – | – |" in text  # 512 images x 0.3 GFLOPs
+    html = (workdir / "reports" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html and "http" not in html
     for f in figs:
         assert f.name in text and f.read_bytes()[:4] == b"\x89PNG"
-    before = {f: f.read_bytes() for f in [path, *figs]}
+    before = {f: f.read_bytes() for f in [path, workdir / "reports" / "report.html", *figs]}
     build_report(params, Paths())
     assert all(f.read_bytes() == b for f, b in before.items())
 
@@ -60,3 +76,13 @@ def test_report_without_runs_says_so(workdir, tiny_params):
     params = load_params(write_params(workdir / "params.yaml", tiny_params))
     text = build_report(params, Paths()).read_text()
     assert "No finished runs" in text and "## Locality" not in text
+
+
+def test_report_refuses_runs_of_other_settings(workdir, tiny_params):
+    params = load_params(write_params(workdir / "params.yaml", tiny_params))
+    runs = workdir / "runs" / "tiny"
+    _fixture_run(runs, 1, 0, 60.0, params=params)
+    tiny_params["profiles"]["tiny"]["classify"]["epochs"] = 7  # params changed, run not redone
+    changed = load_params(write_params(workdir / "params.yaml", tiny_params))
+    with pytest.raises(UserError, match="classify-xxs-p1-s0: refused, made with other settings"):
+        build_report(changed, Paths())

@@ -1,0 +1,174 @@
+"""`pixbench report`: REPORT.md and PNG plots from every classification metrics file present.
+
+Deterministic by construction: runs are sorted, numbers formatted with fixed precision, PNGs
+written without timestamps, so the same metrics give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from pixbench.config import Params, Paths, make_classify_spec, spec_diff
+from pixbench.errors import UserError
+from pixbench.eval.stats import fmt_welch, welch
+from pixbench.paper import LOCALITY_NOTE, PAPER, RECIPE_NOTE
+from pixbench.report.html import markdown_to_html
+from pixbench.report.plots import plot_accuracy, plot_curves, plot_time
+from pixbench.report.tables import (classify_table, cost_to_accuracy_table, locality_table,
+                                    paper_table)
+from pixbench.runio import atomic_write_bytes
+
+FIG_DIR = "figures"
+
+
+def check_run(params: Params, path: Path, m: dict) -> None:
+    """Refuse a run that the current params.yaml would not produce: a debug run (another params
+    file, a hand edit) or a stale one. Its spec digest must equal the one params.yaml gives."""
+    try:
+        spec = make_classify_spec(params, size=m["size"], patch=m["patch"], seed=m["seed"],
+                                  variant=m.get("variant"))
+    except UserError as exc:
+        raise UserError(f"{path.parent}: not a run of this params.yaml ({exc})") from None
+    if m.get("spec_digest") != spec.digest():
+        spec_file = path.with_name("spec.json")
+        old = json.loads(spec_file.read_text()).get("spec", {}) if spec_file.exists() else {}
+        diff = "; ".join(spec_diff(old, spec.canonical())[:3]) or "digest differs"
+        raise UserError(f"{path.parent}: refused, made with other settings than params.yaml "
+                        f"({diff}); re-run it (dvc repro) or remove it")
+
+
+def collect_runs(runs_dir: Path, params: Params | None = None) -> list[dict]:
+    """metrics.json (+ curve.json, manifest.json) of every finished classification run; with
+    params, each is checked to be a run of those params (see check_run)."""
+    rows = []
+    for path in sorted(runs_dir.glob("classify-*/metrics.json")):
+        m = json.loads(path.read_text())
+        if params is not None:
+            check_run(params, path, m)
+        curve = path.with_name("curve.json")
+        m["_curve"] = json.loads(curve.read_text()) if curve.exists() else []
+        man = path.with_name("manifest.json")
+        m["_manifest"] = json.loads(man.read_text()) if man.exists() else {}
+        rows.append(m)
+    return rows
+
+
+
+
+
+
+def aggregate(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Group baseline runs (no locality variant) by (dataset, image size, model size, patch);
+    seeds are the replicates."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("variant") is None:
+            groups[(r["dataset"], r["image_size"], r["size"], r["patch"])].append(r)
+    return dict(sorted(groups.items()))
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def environment(rows: list[dict]) -> list[str]:
+    seen = sorted({(r["_manifest"].get("cpu", "?"), r["_manifest"].get("gpu", ""),
+                    r["device"], r["_manifest"].get("versions", {}).get("torch", "?"),
+                    r["_manifest"].get("versions", {}).get("timm", "?"),
+                    str(r["_manifest"].get("torch_threads", "?"))) for r in rows})
+    return [f"- {cpu}{' / ' + gpu if gpu else ''}, device {dev}, torch {t}, timm {tm}, "
+            f"{th} threads" for cpu, gpu, dev, t, tm, th in seen]
+
+
+def recipe_summary(params: Params) -> list[str]:
+    prof = params.active
+    c, d = prof.classify, prof.data
+    return [f"- Profile `{params.profile}`: {d.source} at {d.image_size}x{d.image_size}, "
+            f"train subset {c.train_subset or 'all'}, val {c.val_subset or 'all'} images; "
+            f"{c.epochs} epochs, batch {c.batch_size}, AdamW lr {c.optim.lr:g} (per "
+            f"{c.optim.lr_ref_batch}), wd {c.optim.weight_decay:g}, warm-up "
+            f"{c.optim.warmup_epochs:g} ep + cosine, label smoothing {c.label_smoothing:g}, "
+            f"pool {c.pool}, augmentation {c.augment.model_dump()}.",
+            f"- Sweep: sizes {params.sweep.sizes}, patches {params.sweep.patches}, seeds "
+            f"{params.sweep.seeds}. Every patch size uses this one recipe; only the token size "
+            "differs."]
+
+
+CLASSIFY_NOTE = ("Top-1 is on the full validation split (mean ± sample std over n seeds). "
+                 "GFLOPs are analytic (matmuls, attention included; train = 3x forward). img/s "
+                 "and memory are measured on the device below: on CPU, peak RSS is the whole "
+                 "process (libraries included) during timed train steps and step mem is that "
+                 "peak minus the memory resident just before them; on GPU both are allocator "
+                 "figures.")
+LOCALITY_INTRO = ("Top-1 % with a fixed pixel permutation (train and val alike) or another "
+                  "position embedding; everything else is the recipe above. A p=1 model with "
+                  "learned position embeddings is exactly equivariant to any pixel permutation "
+                  "(tests/test_locality.py), so its shuffle column should differ from its "
+                  "baseline only by seed noise; patches lose their locality prior.")
+
+
+def pixel_vs_best(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Pixel tokens (p=1) against the best patch size (by mean top-1), per model size."""
+    out = []
+    for size in sorted({k[2] for k in groups}):
+        cells = {k[3]: [r["top1"] for r in runs] for k, runs in groups.items() if k[2] == size}
+        patches = [p for p in cells if p != 1]
+        if 1 not in cells or not patches:
+            continue
+        best = max(patches, key=lambda p: sum(cells[p]) / len(cells[p]))
+        out.append(f"- ViT-{size.upper()}: pixels (p=1) vs the best patch size p={best}: "
+                   f"{fmt_welch(welch(cells[1], cells[best]))} (Welch's t-test, n = "
+                   f"{len(cells[1])} and {len(cells[best])} seeds).")
+    return out
+
+
+def classify_section(params: Params, rows: list[dict], out_dir: Path) -> list[str]:
+    lines = ["## Classification", ""] + recipe_summary(params) + [""]
+    if not rows:
+        lines += [f"No finished runs for profile {params.profile}.", ""]
+    by_dataset: dict[tuple, dict] = defaultdict(dict)
+    for key, runs in aggregate(rows).items():
+        by_dataset[key[:2]][key] = runs
+    for (dataset, image_size), sub in by_dataset.items():
+        stem = f"classify_{params.profile}_{dataset}{image_size}"
+        lines += [f"### {dataset} {image_size}x{image_size}", ""] + classify_table(sub) + [""]
+        figs = (plot_accuracy(sub, out_dir / FIG_DIR, stem)
+                + [plot_time(sub, out_dir / FIG_DIR, stem), plot_curves(sub, out_dir / FIG_DIR, stem)])
+        lines += [f"![{f}]({FIG_DIR}/{f})" for f in figs] + [""]
+        lines += pixel_vs_best(sub) + ["", "Cost to first reach a top-1 on the learning-curve "
+                                       "subset (mean over seeds; – never reached):", ""]
+        lines += cost_to_accuracy_table(sub) + [""]
+    return lines + [CLASSIFY_NOTE, "", "### The paper's numbers", ""] + paper_table() + [
+        "", RECIPE_NOTE, "Our default is a CPU-minutes proxy, not the paper's recipe: compare "
+        "trends, not absolute values.", ""]
+
+
+def build_report(params: Params, paths: Paths) -> Path:
+    out_dir = paths.reports_dir
+    rows = collect_runs(paths.runs_dir / params.profile, params)
+    lines = ["# pixbench report", "",
+             "What does it cost, and what does it buy, to make every pixel a token instead of "
+             f"every patch? ({PAPER})", ""]
+    lines += classify_section(params, rows, out_dir)
+    loc = locality_table(rows)
+    if loc:
+        lines += ["## Locality", "", LOCALITY_INTRO, ""] + loc + ["", LOCALITY_NOTE, ""]
+    lines += ["## Environment", ""] + environment(rows) + [""]
+    path = out_dir / "REPORT.md"
+    text = "\n".join(lines)
+    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(out_dir / "report.html",
+                       markdown_to_html(text, out_dir, "pixbench report").encode())
+    return path
