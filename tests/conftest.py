@@ -27,11 +27,21 @@ TINY_CLASSIFY = {
     "augment": {"hflip": True, "crop_padding": 0, "rrc_scale_min": None},
     "precision": "fp32", "checkpoint_every_s": 60.0, "curve_every_steps": 5, "throughput_steps": 1,
 }
+TINY_MAE = {
+    "pretrain": {"mask_ratio": 0.75, "target": "pix", "train_subset": None, "epochs": 2,
+                 "batch_size": 32, "optim": TINY_CLASSIFY["optim"],
+                 "augment": TINY_CLASSIFY["augment"], "precision": "fp32",
+                 "checkpoint_every_s": 60.0, "throughput_steps": 1},
+    "finetune": {**TINY_CLASSIFY, "curve_every_steps": None},
+    "linprobe": {**TINY_CLASSIFY, "curve_every_steps": None, "drop_path": 0.0},
+}
 TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 4, 8], "seeds": [0]},
+               "mae_sweep": {"sizes": ["xxs"], "patches": [1, 2, 4], "seeds": [0]},
                "locality": {"variants": {"shuffle": {"permutation": {"kind": "shuffle"}},
                                          "no-pos": {"pos_embed": "none"}},
                             "run": ["shuffle"], "seeds": [0]},
-               "profiles": {"tiny": {"data": TINY_DATA, "classify": TINY_CLASSIFY}}}
+               "profiles": {"tiny": {"data": TINY_DATA, "classify": TINY_CLASSIFY,
+                                     "mae": TINY_MAE}}}
 
 
 def synthetic_split(n: int, size: int, classes: int, seed: int, channels: int = 1):

@@ -20,7 +20,10 @@ app = typer.Typer(help="pixbench: pixel tokens vs patch tokens (arXiv 2406.09415
 data_app = typer.Typer(help="Prepare dataset caches.", no_args_is_help=True)
 classify_app = typer.Typer(help="Supervised classification track.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+mae_app = typer.Typer(help="MAE track: pre-train, fine-tune, linear probe, scratch baseline.",
+                      no_args_is_help=True)
 app.add_typer(classify_app, name="classify")
+app.add_typer(mae_app, name="mae")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file (hyper-parameters).")]
 ProfileOpt = Annotated[Optional[str], typer.Option(
@@ -90,6 +93,49 @@ def classify_run(
     keys = ("run_id", "top1", "top5", "tokens", "params", "gflops_train", "train_img_per_s",
             "infer_img_per_s", "peak_mem_mb", "wall_s", "job_id", "state", "logs")
     typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+
+
+def _mae_command(task: str, patch: int, seed: int, size: str | None, stale: str, device: str,
+                 launcher: str | None, cluster: str | None, wait: bool, params_path: Path,
+                 profile: str | None) -> None:
+    from pixbench.config import Paths, make_mae_spec, make_pretrain_spec
+    from pixbench.launch import launch
+
+    if stale not in ("error", "restart"):
+        raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
+    params = _params(params_path, profile)
+    spec = (make_pretrain_spec(params, size=size, patch=patch, seed=seed) if task == "mae-pretrain"
+            else make_mae_spec(params, task=task, size=size, patch=patch, seed=seed))
+    metrics = launch(task, spec, Paths(), launcher=launcher, cluster=cluster, stale=stale,
+                     device=device, wait=wait)
+    keys = ("run_id", "top1", "recon_loss", "tokens", "gflops_train", "train_img_per_s",
+            "wall_s", "job_id", "state")
+    typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+
+
+def _register_mae(name: str, task: str, doc: str) -> None:
+    def command(
+        patch: Annotated[int, typer.Option("--patch", help="Patch size; 1 = pixel tokens.")],
+        seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
+        size: Annotated[Optional[str], typer.Option(
+            "--size", help="Model size key; default: mae_sweep.sizes[0].")] = None,
+        stale: Annotated[str, typer.Option(
+            "--stale", help="A run dir left by another spec: 'error' or 'restart'.")] = "error",
+        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+        launcher: LauncherOpt = None, cluster: ClusterOpt = None, wait: WaitOpt = True,
+        params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
+    ) -> None:
+        _mae_command(task, patch, seed, size, stale, device, launcher, cluster, wait,
+                     params_path, profile)
+
+    command.__doc__ = doc
+    mae_app.command(name)(command)
+
+
+_register_mae("pretrain", "mae-pretrain", "Masked-autoencoder pre-training of one cell.")
+_register_mae("finetune", "mae-finetune", "Fine-tune the cell's pre-trained encoder (full).")
+_register_mae("linprobe", "mae-linprobe", "Linear probe on the cell's frozen encoder.")
+_register_mae("scratch", "mae-scratch", "The fine-tune recipe from random init (baseline).")
 
 
 @app.command("sweep")

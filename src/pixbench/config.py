@@ -109,10 +109,37 @@ class ClassifyConfig(Strict):
                                   "img/s and peak-memory measurement.")
 
 
+class PretrainConfig(Strict):
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="Share of tokens removed (MAE: "
+                              "75%).")
+    target: Literal["pix", "norm_pix"] = Field(description="Reconstruction target: pixels, or "
+                                                "MAE's per-patch normalised pixels (degenerate "
+                                                "at p=1: see models/mae.py).")
+    train_subset: int | None = Field(None, gt=0, description="Pre-training images (fixed "
+                                     "class-balanced subset; labels unused), or null for all.")
+    epochs: int = Field(gt=0, description="Pre-training epochs.")
+    batch_size: int = Field(gt=0, description="Global pre-training batch size.")
+    optim: OptimConfig = Field(description="AdamW and its warm-up + cosine schedule.")
+    augment: AugmentConfig = Field(description="Pre-training augmentation.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As classify.")
+    checkpoint_every_s: float = Field(60.0, gt=0, description="Checkpoint interval (seconds).")
+    throughput_steps: int = Field(5, ge=1, description="Timed steps for img/s and memory.")
+
+
+class MaeConfig(Strict):
+    pretrain: PretrainConfig = Field(description="Masked-autoencoder pre-training.")
+    finetune: ClassifyConfig = Field(description="Full fine-tuning from the pre-trained "
+                                     "encoder; the from-scratch baseline trains with this same "
+                                     "recipe (equal fine-tune budget).")
+    linprobe: ClassifyConfig = Field(description="Linear probe: frozen encoder, trained "
+                                     "classifier head.")
+
+
 class Profile(Strict):
     data: DataConfig = Field(description="Where the images come from and their stored size.")
     classify: ClassifyConfig = Field(description="The classification recipe, shared by "
                                      "every patch size.")
+    mae: MaeConfig = Field(description="The MAE track's recipes, shared by every patch size.")
 
 
 class Sweep(Strict):
@@ -142,6 +169,7 @@ class Params(Strict):
     profile: str = Field(description="The active profile: the one switch between the CPU "
                          "default and the paper recipes.")
     sweep: Sweep = Field(description="Cells of the DVC matrix (sizes x patch sizes x seeds).")
+    mae_sweep: Sweep = Field(description="Cells of the MAE track's DVC matrices.")
     profiles: dict[str, Profile] = Field(description="Named data + recipe presets.")
     locality: Locality = Field(description="Locality ablations (pixel permutation, position "
                                "embeddings).")
@@ -160,10 +188,14 @@ class Params(Strict):
         missing = [v for v in self.locality.run if v not in self.locality.variants]
         if missing:
             raise ValueError(f"locality.run {missing} are not in locality.variants")
-        bad = [p for p in self.sweep.patches if p < 1 or size % p]
-        if bad:
-            raise ValueError(f"sweep.patches {bad} do not divide profiles.{self.profile}"
-                             f".data.image_size={size}")
+        for name, sw in (("sweep", self.sweep), ("mae_sweep", self.mae_sweep)):
+            bad = [p for p in sw.patches if p < 1 or size % p]
+            if bad:
+                raise ValueError(f"{name}.patches {bad} do not divide profiles.{self.profile}"
+                                 f".data.image_size={size}")
+        one = [p for p in self.mae_sweep.patches if size // p < 2]
+        if one:
+            raise ValueError(f"mae_sweep.patches {one} leave a single token: nothing to mask")
         return self
 
     @property
@@ -222,10 +254,14 @@ class Paths(BaseSettings):
 # ---------------------------------------------------------------------------------- run spec
 
 
-class RunSpec(Strict):
-    """Everything that determines a run's result; its hash guards resume and reuse."""
+Task = Literal["classify", "mae-scratch", "mae-finetune", "mae-linprobe"]
 
-    task: Literal["classify"] = "classify"
+
+class RunSpec(Strict):
+    """Everything that determines a classification run's result (from scratch, or initialised
+    from an MAE encoder); its hash guards resume and reuse."""
+
+    task: Task = "classify"
     profile: str
     size: str
     patch: int
@@ -233,6 +269,8 @@ class RunSpec(Strict):
     variant: str | None = None
     data: DataConfig
     classify: ClassifyConfig
+    init: dict | None = Field(None, description="Pre-trained encoder: {run_id, digest} of the "
+                              "MAE pre-training run it loads.")
 
     @property
     def run_id(self) -> str:
@@ -280,3 +318,47 @@ def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
+
+
+class PretrainSpec(Strict):
+    """Everything that determines an MAE pre-training run's result."""
+
+    task: Literal["mae-pretrain"] = "mae-pretrain"
+    profile: str
+    size: str
+    patch: int
+    seed: int
+    data: DataConfig
+    pretrain: PretrainConfig
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
+
+    def canonical(self) -> dict:
+        return json.loads(self.model_dump_json())
+
+    def digest(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_pretrain_spec(params: Params, *, size: str | None, patch: int, seed: int) -> PretrainSpec:
+    size = size or params.mae_sweep.sizes[0]
+    base = make_classify_spec(params, size=size, patch=patch, seed=seed)  # validates size/patch
+    if params.active.data.image_size // patch < 2:
+        raise UserError(f"--patch {patch} leaves a single token: nothing to mask")
+    return PretrainSpec(profile=params.profile, size=base.size, patch=patch, seed=seed,
+                        data=params.active.data, pretrain=params.active.mae.pretrain)
+
+
+def make_mae_spec(params: Params, *, task: str, size: str | None, patch: int,
+                  seed: int) -> RunSpec:
+    """mae-finetune / mae-linprobe (initialised from the pre-training run of the same cell) and
+    mae-scratch (the fine-tune recipe from random init: the equal-budget baseline)."""
+    pre = make_pretrain_spec(params, size=size, patch=patch, seed=seed)
+    mae = params.active.mae
+    recipe = mae.linprobe if task == "mae-linprobe" else mae.finetune
+    init = None if task == "mae-scratch" else {"run_id": pre.run_id, "digest": pre.digest()}
+    return RunSpec(task=task, profile=params.profile, size=pre.size, patch=patch, seed=seed,
+                   data=params.active.data, classify=recipe, init=init)

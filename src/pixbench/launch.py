@@ -126,10 +126,19 @@ def wait_for(job: Any, label: str, poll_s: float = 1.0) -> Any:
 
 
 def _task_run(task: str):
-    if task == "classify":
+    if task == "mae-pretrain":
+        from pixbench.tasks.mae import run
+        return run
+    if task in ("classify", "mae-finetune", "mae-linprobe", "mae-scratch"):
         from pixbench.tasks.classify import run
         return run
     raise UserError(f"unknown task {task!r}")
+
+
+def _spec_class(task: str):
+    from pixbench.config import PretrainSpec, RunSpec
+
+    return PretrainSpec if task == "mae-pretrain" else RunSpec
 
 
 class TaskJob(Checkpointable):
@@ -140,11 +149,12 @@ class TaskJob(Checkpointable):
         self.task, self.spec, self.paths, self.stale, self.device = task, spec, paths, stale, device
 
     def __call__(self) -> dict:
-        from pixbench.config import Paths, RunSpec
+        from pixbench.config import Paths
         from pixbench.distributed import distributed_from_slurm
 
         with distributed_from_slurm():
-            return _task_run(self.task)(RunSpec.model_validate(self.spec), Paths(**self.paths),
+            spec = _spec_class(self.task).model_validate(self.spec)
+            return _task_run(self.task)(spec, Paths(**self.paths),
                                         stale=self.stale, device=self.device, progress=False)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:

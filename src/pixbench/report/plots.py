@@ -116,3 +116,29 @@ def plot_time(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> str:
     _savefig(fig, out_dir / name)
     plt.close(fig)
     return name
+
+
+def plot_reconstructions(items: list[tuple[str, Path]], out_dir: Path, stem: str,
+                         images: int = 4) -> str:
+    """A grid: one row per run (patch size), (masked, reconstruction, original) per image."""
+    import numpy as np
+
+    _, plt = _plt()
+    fig, axes = plt.subplots(len(items), 3 * images, figsize=(1.0 * 3 * images, 1.15 * len(items)),
+                             squeeze=False)
+    for row, (label, path) in enumerate(items):
+        rec = np.load(path)
+        for i in range(images):
+            for j, kind in enumerate(("masked", "reconstruction", "original")):
+                ax = axes[row][3 * i + j]
+                img = rec[kind][i]
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(kind[:5], fontsize=7)
+        axes[row][0].set_ylabel(label, fontsize=8)
+    name = f"{stem}_reconstructions.png"
+    _savefig(fig, out_dir / name)
+    plt.close(fig)
+    return name

@@ -197,6 +197,30 @@ def pixel_permutation(cfg: ClassifyConfig, image_size: int) -> torch.Tensor | No
     return None
 
 
+HEAD_KEYS = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+
+
+def load_pretrained_encoder(model: nn.Module, spec: RunSpec, paths: Paths) -> None:
+    """Load the MAE encoder of spec.init exactly (checked), and freeze it for a linear probe."""
+    path = paths.run_dir(spec.profile, spec.init["run_id"]) / "encoder.pt"
+    if not path.is_file():
+        raise UserError(f"pre-trained encoder not found: {path} (run `pixbench mae pretrain "
+                        f"--patch {spec.patch} --seed {spec.seed}` first)")
+    from pixbench.runio import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("spec_digest") != spec.init["digest"]:
+        raise UserError(f"{path}: encoder of another pre-training spec than params.yaml gives; "
+                        "re-run the pre-training")
+    missing, unexpected = model.load_state_dict(ckpt["encoder"], strict=False)
+    if unexpected or not set(missing) <= HEAD_KEYS:
+        raise UserError(f"{path}: encoder does not fit ViT-{spec.size}/{spec.patch} "
+                        f"(missing {sorted(set(missing) - HEAD_KEYS)[:3]}, unexpected {unexpected[:3]})")
+    if spec.task == "mae-linprobe":  # only the pooled-feature norm and the head train
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in HEAD_KEYS)
+
+
 def build_model(spec: RunSpec, ds_manifest: dict) -> nn.Module:
     """The one place config becomes model kwargs; seeded so init is a function of the seed."""
     torch.manual_seed(spec.seed)
@@ -245,7 +269,7 @@ def compute_metrics(model: nn.Module, spec: RunSpec, ds: CachedDataset, data: Te
     speed = {**measure_train(model, x, y, bf16=bf16, steps=steps),
              **measure_inference(model, x, bf16=bf16, steps=steps)}
     return {
-        "run_id": spec.run_id, "model": model_key(spec.size, spec.patch),
+        "run_id": spec.run_id, "task": spec.task, "model": model_key(spec.size, spec.patch),
         "display": display_name(spec.size, spec.patch), "profile": spec.profile,
         "dataset": m["source"], "image_size": m["image_size"], "size": spec.size,
         "patch": spec.patch, "seed": spec.seed, "variant": spec.variant,
@@ -299,7 +323,10 @@ def run(spec: RunSpec, paths: Paths, *, stale: str = "error", device: str = "aut
         manifest = run_manifest(spec.seed, str(dev))
         atomic_write_json(run_dir / "manifest.json", {**manifest, "world_size": distributed.world_size()})
     bf16 = use_bf16(spec.classify, spec.size, dev)
-    model = distributed.wrap(build_model(spec, ds.manifest).to(dev), dev)
+    model = build_model(spec, ds.manifest)
+    if spec.init is not None:
+        load_pretrained_encoder(model, spec, paths)
+    model = distributed.wrap(model.to(dev), dev)
     final, state = train_loop(model, spec, data, run_dir, device=dev, bf16=bf16, progress=progress)
     metrics = {}
     if distributed.is_main():

@@ -24,11 +24,15 @@ from pixbench.tasks.classify import (CURVE_VAL_IMAGES, State, Tensors, balanced_
 
 def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
     o = spec.classify.optim
+    return optimizer_for(model, o)
+
+
+def optimizer_for(model: nn.Module, o) -> torch.optim.Optimizer:
     # lr is overwritten every step by the schedule (lr_at), so no scheduler state is saved
     return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas)
 
 
-def restore(model: nn.Module, opt: torch.optim.Optimizer, ckpt_path: Path, spec: RunSpec) -> State:
+def restore(model: nn.Module, opt: torch.optim.Optimizer, ckpt_path: Path, spec) -> State:
     """Load ckpt/last.pt into model and optimizer; a checkpoint of another spec is an error."""
     if not ckpt_path.exists():
         return State()
@@ -49,10 +53,10 @@ def restore(model: nn.Module, opt: torch.optim.Optimizer, ckpt_path: Path, spec:
 class Checkpointer:
     """Writes ckpt/last.pt every `every_s` seconds mid-epoch and at every epoch end."""
 
-    def __init__(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer, spec: RunSpec,
-                 state: State) -> None:
+    def __init__(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer, spec,
+                 state: State, every_s: float) -> None:
         self.path, self.model, self.opt, self.spec = path, model, opt, spec
-        self.every_s = spec.classify.checkpoint_every_s
+        self.every_s = every_s
         self.session_start = time.monotonic()
         self.wall_base = state.wall_time_s
         self.last = time.monotonic()
@@ -89,7 +93,7 @@ def train_loop(model: nn.Module, spec: RunSpec, data: Tensors, run_dir: Path, *,
     cfg = spec.classify
     opt = make_optimizer(model, spec)
     state = restore(model, opt, run_dir / CKPT_NAME, spec)
-    ckpt = Checkpointer(run_dir / CKPT_NAME, model, opt, spec, state)
+    ckpt = Checkpointer(run_dir / CKPT_NAME, model, opt, spec, state, cfg.checkpoint_every_s)
     steps_per_epoch = data.train_x.shape[0] // cfg.batch_size
     curve_n = min(CURVE_VAL_IMAGES, data.val_x.shape[0])
     # a fixed class-balanced subset: ImageFolder val splits are sorted by class

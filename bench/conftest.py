@@ -1,0 +1,85 @@
+"""pytest-benchmark front end of pixbench.bench: one test per case of a profile.
+
+    pytest bench/ --benchmark-only                          # profile auto: gpu with CUDA, else cpu
+    pytest bench/ --benchmark-only --bench-profile quick    # seconds
+    pytest bench/ --benchmark-only --bench-profile gpu -m gpu   # the project's addopts deselect gpu
+
+Cases come from pixbench.bench.plan, are run by the same BenchSession as `pixbench bench` (the
+timed steps go through `benchmark.pedantic`), and at the end of the session the same `finalize`
+writes reports/bench/<env>.json, .md and plots (`-partial` in the name when -k left cases out).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("pixbench bench")
+    group.addoption("--bench-profile", default="auto",
+                    help="pixbench bench profile: auto (gpu with CUDA, else cpu), quick, cpu, gpu")
+    group.addoption("--bench-out", default="reports/bench",
+                    help="where <env>.json, .md and plots go (relative to the rootdir)")
+
+
+def _profile(config):
+    from pixbench.bench.plan import get_profile
+
+    return get_profile(config.getoption("--bench-profile"))
+
+
+def _marks(profile) -> list:
+    if profile.device != "cuda":
+        return []
+    import torch
+
+    return [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                reason="needs a CUDA device")]
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_case" in metafunc.fixturenames:
+        prof = _profile(metafunc.config)
+        metafunc.parametrize("bench_case", [pytest.param(c, id=c.id, marks=_marks(prof))
+                                            for c in prof.cases])
+    if "peak_dtype" in metafunc.fixturenames:
+        prof = _profile(metafunc.config)
+        metafunc.parametrize("peak_dtype", [pytest.param(d, id=d, marks=_marks(prof))
+                                            for d in prof.dtypes])
+
+
+@pytest.fixture(scope="session")
+def bench_session(request):
+    from pixbench.bench.run import finalize
+    from pixbench.bench.session import BenchSession
+
+    session = BenchSession(_profile(request.config))
+    yield session
+    session.close()
+    if session.records:
+        out = Path(request.config.getoption("--bench-out"))
+        path = finalize(session, out if out.is_absolute() else request.config.rootpath / out)
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"pixbench bench: wrote {path} and {path.with_suffix('.md')}")
+
+
+@pytest.fixture
+def pedantic_timer(benchmark):
+    """A session timer that hands the timed steps to pytest-benchmark, keeping each time."""
+
+    def timer(step, rounds: int) -> list[float]:
+        times: list[float] = []
+
+        def timed() -> None:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+
+        benchmark.pedantic(timed, rounds=rounds, warmup_rounds=0, iterations=1)
+        return times
+
+    return timer

@@ -1,0 +1,68 @@
+"""`run_suite`: every case of a profile, then the derived figures, targets, cost and files.
+
+    from pixbench.bench.run import run_suite
+    run_suite("cpu")            # -> reports/bench/cpu-fp32-bf16-torch2.14.1.json (+ .md, plots)
+
+pytest (bench/conftest.py) drives the same `BenchSession` case by case and calls `finalize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pixbench.bench.plan import PENDING_WORKLOADS, get_profile
+
+DEFAULT_OUT = Path("reports/bench")
+
+
+def run_suite(profile: str = "cpu", out_dir: Path = DEFAULT_OUT,
+              log: Callable[[str], None] | None = None) -> Path:
+    """Run a profile ("quick", "cpu", "gpu" or "auto") and write its files; returns the JSON."""
+    from pixbench.bench.session import BenchSession
+
+    prof = get_profile(profile)
+    session = BenchSession(prof, log=log)
+    try:
+        for dtype in prof.dtypes:
+            session.peak(dtype)
+        for case in prof.cases:
+            session.run_case(case)
+    finally:
+        session.close()
+    return finalize(session, out_dir)
+
+
+def finalize(session, out_dir: Path = DEFAULT_OUT) -> Path:
+    """Derive, judge and write what the session measured; partial runs get a `-partial` name."""
+    from pixbench.bench import derive
+    from pixbench.bench.costs import cost_estimate
+    from pixbench.bench.env import env_name, load_average
+    from pixbench.bench.report import SCHEMA, write_all
+    from pixbench.bench.targets import all_targets
+
+    prof, device = session.profile, session.device
+    records = [session.records[k] for k in sorted(session.records)]
+    planned = {c.id for c in prof.cases}
+    peaks = session.peaks
+    main = prof.dtypes[0] if prof.dtypes[0] in peaks and peaks[prof.dtypes[0]]["fast_path"] \
+        else "fp32"
+    env = {**session.env, "load_average_end": load_average()}
+    doc = {
+        "schema": SCHEMA, "env_name": env_name(prof.name, device, prof.dtypes),
+        "profile": prof.name, "device": device, "dtypes": list(prof.dtypes),
+        "complete": planned <= set(session.records), "duration_s": session.elapsed_s(),
+        "environment": env, "peaks": peaks, "results": records,
+        "derived": {
+            "mfu_by_size": {d: derive.mfu_by_size(records, d) for d in prof.dtypes},
+            "memory_ratios": derive.memory_ratios(records),
+            "bf16_speedups": derive.bf16_speedups(records),
+            "data_loading": derive.data_headroom(records),
+            "scaling": derive.scaling(records),
+            "breakdown": derive.breakdown_summary(records, peaks),
+        },
+        "cost_estimate": cost_estimate(records, peaks, device, main),
+        "targets": all_targets(records, peaks, device, env),
+        "pending_workloads": PENDING_WORKLOADS,
+    }
+    return write_all(doc, out_dir)

@@ -1,0 +1,94 @@
+"""The report's MAE section: from-scratch vs MAE fine-tuned at equal fine-tune budget, the
+linear probe, reconstruction losses and a reconstruction figure per patch size."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pixbench.config import Params, make_mae_spec, make_pretrain_spec
+from pixbench.errors import UserError
+from pixbench.eval.stats import fmt_ms, fmt_welch, welch
+from pixbench.paper import MAE_NOTE, MAE_TABLE
+
+TASKS = ("mae-pretrain", "mae-scratch", "mae-finetune", "mae-linprobe")
+
+
+def collect_mae_runs(runs_dir: Path, params: Params) -> list[dict]:
+    rows = []
+    for path in sorted(runs_dir.glob("mae-*/metrics.json")):
+        m = json.loads(path.read_text())
+        try:
+            spec = (make_pretrain_spec(params, size=m["size"], patch=m["patch"], seed=m["seed"])
+                    if m["task"] == "mae-pretrain" else
+                    make_mae_spec(params, task=m["task"], size=m["size"], patch=m["patch"],
+                                  seed=m["seed"]))
+        except UserError as exc:
+            raise UserError(f"{path.parent}: not a run of this params.yaml ({exc})") from None
+        if m.get("spec_digest") != spec.digest():
+            raise UserError(f"{path.parent}: refused, made with other settings than params.yaml; "
+                            "re-run it (dvc repro) or remove it")
+        m["_dir"] = path.parent
+        rows.append(m)
+    return rows
+
+
+def mae_table(rows: list[dict]) -> list[str]:
+    cells: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        cells[(r["size"], r["patch"])][r["task"]].append(r)
+    head = ("| model | tokens | val recon loss (masked) | pre-train GFLOPs/img | scratch top-1 % | "
+            "MAE fine-tune top-1 % | fine-tune − scratch | linear probe top-1 % |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (size, patch), by in sorted(cells.items()):
+        def col(task: str, key: str = "top1") -> str:
+            vals = [r[key] for r in by.get(task, [])]
+            return f"{fmt_ms(vals, 4 if key == 'recon_loss' else 2)} (n={len(vals)})" if vals else "–"
+        pre = by.get("mae-pretrain", [{}])[0]
+        test = welch([r["top1"] for r in by.get("mae-finetune", [])],
+                     [r["top1"] for r in by.get("mae-scratch", [])])
+        diff = fmt_welch(test) if test else (
+            f"{np.mean([r['top1'] for r in by['mae-finetune']]) - np.mean([r['top1'] for r in by['mae-scratch']]):+.2f} pt "
+            "(n too small for a test)" if by.get("mae-finetune") and by.get("mae-scratch") else "–")
+        gf = f"{pre['gflops_train']:.4g}" if pre else "–"
+        lines.append(f"| ViT-{size.upper()}/{patch} | {pre.get('tokens', '–')} | "
+                     f"{col('mae-pretrain', 'recon_loss')} | {gf} | {col('mae-scratch')} | "
+                     f"{col('mae-finetune')} | {diff} | {col('mae-linprobe')} |")
+    return lines
+
+
+def paper_mae_table() -> list[str]:
+    lines = ["| model | ViT/2 MAE fine-tune | pixels MAE fine-tune | source |", "|---|---|---|---|"]
+    lines += [f"| {m} | {a} | {b} | [{label}] |" for m, a, b, label in MAE_TABLE]
+    return lines
+
+
+def mae_section(params: Params, runs_dir: Path, out_dir: Path, fig_dir: str) -> list[str]:
+    from pixbench.report.plots import plot_reconstructions
+
+    rows = collect_mae_runs(runs_dir, params)
+    if not rows:
+        return []
+    pre = params.active.mae.pretrain
+    ft, lp = params.active.mae.finetune, params.active.mae.linprobe
+    lines = ["## MAE pre-training", "",
+             f"- Pre-training: mask ratio {pre.mask_ratio:g}, target `{pre.target}`, "
+             f"{pre.epochs} epoch(s) of {pre.train_subset or 'all'} images, batch "
+             f"{pre.batch_size}. Fine-tune and the from-scratch baseline: one recipe, "
+             f"{ft.epochs} epoch(s) of {ft.train_subset or 'all'} labelled images (equal budget); "
+             f"linear probe: frozen encoder, {lp.epochs} epoch(s). Top-1 on "
+             f"{ft.val_subset or 'all'} val images.", ""]
+    lines += mae_table(rows) + [""]
+    recon = sorted((r for r in rows if r["task"] == "mae-pretrain" and r["seed"] == min(
+        x["seed"] for x in rows)), key=lambda r: (r["size"], r["patch"]))
+    if recon:
+        name = plot_reconstructions([(r["display"], r["_dir"] / "reconstructions.npz") for r in recon],
+                                    out_dir / fig_dir, f"mae_{params.profile}")
+        lines += [f"![{name}]({fig_dir}/{name})", "",
+                  "Rows: patch sizes; for each image: masked input (removed tokens grey), "
+                  "reconstruction with the visible tokens pasted back, original. Fixed val "
+                  "images and masks.", ""]
+    return lines + ["### The paper's MAE numbers", ""] + paper_mae_table() + ["", MAE_NOTE, ""]
