@@ -36,7 +36,8 @@ TINY_MAE = {
     "linprobe": {**TINY_CLASSIFY, "curve_every_steps": None, "drop_path": 0.0},
 }
 TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 4, 8], "seeds": [0]},
-               "mae_sweep": {"sizes": ["xxs"], "patches": [1, 2, 4], "seeds": [0]},
+               "mae_sweep": {"sizes": ["xxs"], "patches": [1, 2, 4], "seeds": [0],
+                             "alt_target": "norm_pix", "alt_patches": [2, 4]},
                "locality": {"variants": {"shuffle": {"permutation": {"kind": "shuffle"}},
                                          "no-pos": {"pos_embed": "none"}},
                             "run": ["shuffle"], "seeds": [0]},

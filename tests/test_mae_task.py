@@ -110,8 +110,21 @@ def test_report_mae_section(tiny_project):
         spec = make_mae_spec(params, task=task, size=None, patch=4, seed=0)
         tops[task] = classify.run(spec, Paths(), progress=False)["top1"]
     text = build_report(params, Paths()).read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| ViT-XXS/4 | 4 |"))
+    row = next(line for line in text.splitlines() if line.startswith("| ViT-XXS/4 | `pix` | 4 |"))
     assert f"{tops['mae-scratch']:.2f} (n=1)" in row and f"{tops['mae-linprobe']:.2f} (n=1)" in row
     assert f"{tops['mae-finetune'] - tops['mae-scratch']:+.2f} pt" in row
     assert (Paths().reports_dir / "figures" / "mae_tiny_reconstructions.png").is_file()
     assert "| S | 87.4 | 87.7 | [S] |" in text
+
+
+def test_alternative_target_runs_beside_the_default(tiny_project):
+    params = load_params(tiny_project)
+    alt = make_pretrain_spec(params, size=None, patch=4, seed=0, target="norm_pix")
+    assert alt.run_id == "mae-pretrain-xxs-p4-s0-norm_pix" and alt.pretrain.target == "norm_pix"
+    assert make_pretrain_spec(params, size=None, patch=4, seed=0, target="pix").variant is None
+    mae.run(alt, Paths(), progress=False)
+    ft = make_mae_spec(params, task="mae-finetune", size=None, patch=4, seed=0, target="norm_pix")
+    assert ft.init["run_id"] == alt.run_id and ft.run_id.endswith("-norm_pix")
+    assert classify.run(ft, Paths(), progress=False)["top1"] > 0
+    with pytest.raises(UserError, match="--target must be"):
+        make_pretrain_spec(params, size=None, patch=4, seed=0, target="lpips")

@@ -95,17 +95,18 @@ def classify_run(
     typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}))
 
 
-def _mae_command(task: str, patch: int, seed: int, size: str | None, stale: str, device: str,
-                 launcher: str | None, cluster: str | None, wait: bool, params_path: Path,
-                 profile: str | None) -> None:
+def _mae_command(task: str, patch: int, seed: int, size: str | None, target: str | None,
+                 stale: str, device: str, launcher: str | None, cluster: str | None, wait: bool,
+                 params_path: Path, profile: str | None) -> None:
     from pixbench.config import Paths, make_mae_spec, make_pretrain_spec
     from pixbench.launch import launch
 
     if stale not in ("error", "restart"):
         raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
     params = _params(params_path, profile)
-    spec = (make_pretrain_spec(params, size=size, patch=patch, seed=seed) if task == "mae-pretrain"
-            else make_mae_spec(params, task=task, size=size, patch=patch, seed=seed))
+    spec = (make_pretrain_spec(params, size=size, patch=patch, seed=seed, target=target)
+            if task == "mae-pretrain" else
+            make_mae_spec(params, task=task, size=size, patch=patch, seed=seed, target=target))
     metrics = launch(task, spec, Paths(), launcher=launcher, cluster=cluster, stale=stale,
                      device=device, wait=wait)
     keys = ("run_id", "top1", "recon_loss", "tokens", "gflops_train", "train_img_per_s",
@@ -119,13 +120,16 @@ def _register_mae(name: str, task: str, doc: str) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
         size: Annotated[Optional[str], typer.Option(
             "--size", help="Model size key; default: mae_sweep.sizes[0].")] = None,
+        target: Annotated[Optional[str], typer.Option(
+            "--target", help="Pre-training target variant (mae_sweep.alt_target), if not the "
+                             "profile's.")] = None,
         stale: Annotated[str, typer.Option(
             "--stale", help="A run dir left by another spec: 'error' or 'restart'.")] = "error",
         device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
         launcher: LauncherOpt = None, cluster: ClusterOpt = None, wait: WaitOpt = True,
         params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
     ) -> None:
-        _mae_command(task, patch, seed, size, stale, device, launcher, cluster, wait,
+        _mae_command(task, patch, seed, size, target, stale, device, launcher, cluster, wait,
                      params_path, profile)
 
     command.__doc__ = doc

@@ -165,11 +165,19 @@ class Locality(Strict):
     seeds: list[int] = Field(min_length=1, description="Seeds of the locality matrix.")
 
 
+class MaeSweep(Sweep):
+    alt_target: Literal["pix", "norm_pix"] | None = Field(None, description="A second "
+                                                          "reconstruction target to compare, "
+                                                          "run on alt_patches.")
+    alt_patches: list[int] = Field(default_factory=list, description="Patch sizes for "
+                                   "alt_target (norm_pix is undefined at p=1 on gray data).")
+
+
 class Params(Strict):
     profile: str = Field(description="The active profile: the one switch between the CPU "
                          "default and the paper recipes.")
     sweep: Sweep = Field(description="Cells of the DVC matrix (sizes x patch sizes x seeds).")
-    mae_sweep: Sweep = Field(description="Cells of the MAE track's DVC matrices.")
+    mae_sweep: MaeSweep = Field(description="Cells of the MAE track's DVC matrices.")
     profiles: dict[str, Profile] = Field(description="Named data + recipe presets.")
     locality: Locality = Field(description="Locality ablations (pixel permutation, position "
                                "embeddings).")
@@ -328,12 +336,14 @@ class PretrainSpec(Strict):
     size: str
     patch: int
     seed: int
+    variant: str | None = None  # the target, when not the profile's
     data: DataConfig
     pretrain: PretrainConfig
 
     @property
     def run_id(self) -> str:
-        return f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
+        base = f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
+        return f"{base}-{self.variant}" if self.variant else base
 
     def canonical(self) -> dict:
         return json.loads(self.model_dump_json())
@@ -343,22 +353,32 @@ class PretrainSpec(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def make_pretrain_spec(params: Params, *, size: str | None, patch: int, seed: int) -> PretrainSpec:
+def make_pretrain_spec(params: Params, *, size: str | None, patch: int, seed: int,
+                       target: str | None = None) -> PretrainSpec:
+    """target: another reconstruction target than the profile's (run id suffix -TARGET)."""
     size = size or params.mae_sweep.sizes[0]
     base = make_classify_spec(params, size=size, patch=patch, seed=seed)  # validates size/patch
     if params.active.data.image_size // patch < 2:
         raise UserError(f"--patch {patch} leaves a single token: nothing to mask")
+    pre = params.active.mae.pretrain
+    if target is not None and target not in ("pix", "norm_pix"):
+        raise UserError(f"--target must be 'pix' or 'norm_pix', not {target!r}")
+    variant = target if target is not None and target != pre.target else None
+    if variant:
+        pre = pre.model_copy(update={"target": target})
     return PretrainSpec(profile=params.profile, size=base.size, patch=patch, seed=seed,
-                        data=params.active.data, pretrain=params.active.mae.pretrain)
+                        variant=variant, data=params.active.data, pretrain=pre)
 
 
 def make_mae_spec(params: Params, *, task: str, size: str | None, patch: int,
-                  seed: int) -> RunSpec:
+                  seed: int, target: str | None = None) -> RunSpec:
     """mae-finetune / mae-linprobe (initialised from the pre-training run of the same cell) and
     mae-scratch (the fine-tune recipe from random init: the equal-budget baseline)."""
-    pre = make_pretrain_spec(params, size=size, patch=patch, seed=seed)
+    pre = make_pretrain_spec(params, size=size, patch=patch, seed=seed,
+                             target=None if task == "mae-scratch" else target)
     mae = params.active.mae
     recipe = mae.linprobe if task == "mae-linprobe" else mae.finetune
     init = None if task == "mae-scratch" else {"run_id": pre.run_id, "digest": pre.digest()}
     return RunSpec(task=task, profile=params.profile, size=pre.size, patch=patch, seed=seed,
+                   variant=None if task == "mae-scratch" else pre.variant,
                    data=params.active.data, classify=recipe, init=init)

@@ -58,7 +58,7 @@ def measure_peak(device: str, dtype: str, n: int, reps: int, timer: Callable | N
                  fp32_probe: float | None = None) -> dict:
     """The peak of one dtype; reduced dtypes are probed first against the fp32 probe rate."""
     if dtype != "fp32" and fp32_probe is not None:
-        probe = matmul_rate(device, dtype, PROBE_N, reps=5)
+        probe = _single_thread(lambda: matmul_rate(device, dtype, PROBE_N, reps=5))
         if probe["flops_per_s_best"] < 0.5 * fp32_probe:
             return {**probe, "fast_path": False,
                     "note": f"{dtype} {PROBE_N}² matmul at {probe['flops_per_s_best'] / 1e9:.1f} GFLOP/s "
@@ -66,9 +66,24 @@ def measure_peak(device: str, dtype: str, n: int, reps: int, timer: Callable | N
     return matmul_rate(device, dtype, n, reps, timer=timer)
 
 
+def _single_thread(fn: Callable):
+    """Run fn with one intra-op thread on the CPU: a small product on two threads of a busy box
+    waits at OpenMP barriers (seen: 2 GFLOP/s instead of 70), which would fake a slow fp32."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
 def fp32_probe(device: str) -> float:
-    """Best of 5 small fp32 products (best, not median: a busy box must not fake a slow fp32)."""
-    return matmul_rate(device, "fp32", PROBE_N, reps=5)["flops_per_s_best"]
+    """Best of 5 small fp32 products on one thread (CPU), the yardstick for reduced dtypes."""
+    if device == "cuda":
+        return matmul_rate(device, "fp32", PROBE_N, reps=5)["flops_per_s_best"]
+    return _single_thread(lambda: matmul_rate(device, "fp32", PROBE_N, reps=5))["flops_per_s_best"]
 
 
 def local_peak(device: str, dtype: str, n: int, reps: int = 3) -> float:

@@ -22,10 +22,11 @@ def collect_mae_runs(runs_dir: Path, params: Params) -> list[dict]:
     for path in sorted(runs_dir.glob("mae-*/metrics.json")):
         m = json.loads(path.read_text())
         try:
-            spec = (make_pretrain_spec(params, size=m["size"], patch=m["patch"], seed=m["seed"])
+            spec = (make_pretrain_spec(params, size=m["size"], patch=m["patch"], seed=m["seed"],
+                                       target=m.get("variant"))
                     if m["task"] == "mae-pretrain" else
                     make_mae_spec(params, task=m["task"], size=m["size"], patch=m["patch"],
-                                  seed=m["seed"]))
+                                  seed=m["seed"], target=m.get("variant")))
         except UserError as exc:
             raise UserError(f"{path.parent}: not a run of this params.yaml ({exc})") from None
         if m.get("spec_digest") != spec.digest():
@@ -36,14 +37,20 @@ def collect_mae_runs(runs_dir: Path, params: Params) -> list[dict]:
     return rows
 
 
-def mae_table(rows: list[dict]) -> list[str]:
+def mae_table(rows: list[dict], default_target: str) -> list[str]:
+    """One row per (size, patch, target); the scratch baseline does not depend on the target."""
     cells: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    scratch: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        cells[(r["size"], r["patch"])][r["task"]].append(r)
-    head = ("| model | tokens | val recon loss (masked) | pre-train GFLOPs/img | scratch top-1 % | "
-            "MAE fine-tune top-1 % | fine-tune − scratch | linear probe top-1 % |")
+        if r["task"] == "mae-scratch":
+            scratch[(r["size"], r["patch"])].append(r)
+        else:
+            cells[(r["size"], r["patch"], r.get("variant") or default_target)][r["task"]].append(r)
+    head = ("| model | target | tokens | val recon loss (masked) | pre-train GFLOPs/img | "
+            "scratch top-1 % | MAE fine-tune top-1 % | fine-tune − scratch | linear probe top-1 % |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for (size, patch), by in sorted(cells.items()):
+    for (size, patch, target), by in sorted(cells.items()):
+        by["mae-scratch"] = scratch.get((size, patch), [])
         def col(task: str, key: str = "top1") -> str:
             vals = [r[key] for r in by.get(task, [])]
             return f"{fmt_ms(vals, 4 if key == 'recon_loss' else 2)} (n={len(vals)})" if vals else "–"
@@ -54,7 +61,7 @@ def mae_table(rows: list[dict]) -> list[str]:
             f"{np.mean([r['top1'] for r in by['mae-finetune']]) - np.mean([r['top1'] for r in by['mae-scratch']]):+.2f} pt "
             "(n too small for a test)" if by.get("mae-finetune") and by.get("mae-scratch") else "–")
         gf = f"{pre['gflops_train']:.4g}" if pre else "–"
-        lines.append(f"| ViT-{size.upper()}/{patch} | {pre.get('tokens', '–')} | "
+        lines.append(f"| ViT-{size.upper()}/{patch} | `{target}` | {pre.get('tokens', '–')} | "
                      f"{col('mae-pretrain', 'recon_loss')} | {gf} | {col('mae-scratch')} | "
                      f"{col('mae-finetune')} | {diff} | {col('mae-linprobe')} |")
     return lines
@@ -81,11 +88,14 @@ def mae_section(params: Params, runs_dir: Path, out_dir: Path, fig_dir: str) -> 
              f"{ft.epochs} epoch(s) of {ft.train_subset or 'all'} labelled images (equal budget); "
              f"linear probe: frozen encoder, {lp.epochs} epoch(s). Top-1 on "
              f"{ft.val_subset or 'all'} val images.", ""]
-    lines += mae_table(rows) + [""]
+    lines += mae_table(rows, pre.target) + ["", "Recon losses of different targets are in "
+                                            "different units (pixels vs per-patch normalised "
+                                            "pixels): compare them within a target only.", ""]
     recon = sorted((r for r in rows if r["task"] == "mae-pretrain" and r["seed"] == min(
-        x["seed"] for x in rows)), key=lambda r: (r["size"], r["patch"]))
+        x["seed"] for x in rows)), key=lambda r: (r.get("variant") or "", r["size"], r["patch"]))
     if recon:
-        name = plot_reconstructions([(r["display"], r["_dir"] / "reconstructions.npz") for r in recon],
+        name = plot_reconstructions([(r["display"] + (f" {r['variant']}" if r.get("variant") else ""),
+                                      r["_dir"] / "reconstructions.npz") for r in recon],
                                     out_dir / fig_dir, f"mae_{params.profile}")
         lines += [f"![{name}]({fig_dir}/{name})", "",
                   "Rows: patch sizes; for each image: masked input (removed tokens grey), "

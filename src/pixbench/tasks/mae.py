@@ -205,7 +205,7 @@ def _finish(model: MaskedAutoencoder, spec: PretrainSpec, manifest: dict, images
     metrics = {
         "run_id": spec.run_id, "task": spec.task, "display": display_name(spec.size, spec.patch),
         "profile": spec.profile, "dataset": manifest["source"], "image_size": manifest["image_size"],
-        "size": spec.size, "patch": spec.patch, "seed": spec.seed,
+        "size": spec.size, "patch": spec.patch, "seed": spec.seed, "variant": spec.variant,
         "tokens": (manifest["image_size"] // spec.patch) ** 2, "target": spec.pretrain.target,
         "mask_ratio": spec.pretrain.mask_ratio,
         "params": sum(p.numel() for p in model.parameters()),
