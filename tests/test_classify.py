@@ -155,3 +155,12 @@ def test_auto_precision_uses_bf16_only_where_it_pays(tiny_project):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert not classify.use_bf16(cfg, "xxs", cpu) and classify.use_bf16(cfg, "t", cpu)
     assert classify.use_bf16(cfg, "xxs", gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_uses_bf16_and_allocator_memory(tiny_project):
+    metrics = classify.run(_spec(tiny_project, patch=2, precision="auto"), Paths(),
+                           device="cuda", progress=False)
+    assert metrics["device"] == "cuda" and metrics["precision"] == "bf16"
+    assert metrics["peak_mem_kind"] == "cuda_max_allocated" and metrics["peak_mem_mb"] > 0
