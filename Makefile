@@ -31,7 +31,8 @@ repro: install dataset
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest bench/test_bench_smoke.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 bench: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest bench --benchmark-only
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pixbench bench --profile auto

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+WROTE = pytest.StashKey[Path]()
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("pixbench bench")
@@ -62,9 +64,13 @@ def bench_session(request):
     if session.records:
         out = Path(request.config.getoption("--bench-out"))
         path = finalize(session, out if out.is_absolute() else request.config.rootpath / out)
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"pixbench bench: wrote {path} and {path.with_suffix('.md')}")
+        request.config.stash[WROTE] = path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    path = config.stash.get(WROTE, None)
+    if path is not None:
+        terminalreporter.write_line(f"pixbench bench: wrote {path} and {path.with_suffix('.md')}")
 
 
 @pytest.fixture

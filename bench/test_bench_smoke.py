@@ -51,7 +51,7 @@ def test_profiles_have_unique_ids_and_registered_workloads(name):
     prof = get_profile(name)
     assert all(c.workload in WORKLOADS for c in prof.cases)
     assert prof.breakdown is None or prof.breakdown in {c.id for c in prof.cases}
-    if name != "quick":  # the token sweep spans 16 -> 4096, the memory pair shares a batch
+    if name in ("cpu", "gpu"):  # the token sweep spans 16 -> 4096, the memory pair shares a batch
         tokens = sorted((c.params["image_size"] // c.params["patch"]) ** 2 for c in prof.cases
                         if c.group == "scaling")
         assert tokens[0] == 16 and tokens[-1] == 4096
@@ -80,7 +80,8 @@ def _rec(size, patch, image, dtype, batch, items_per_s, mem=None, mfu=0.5, token
 
 
 def test_memory_ratio_pairs_same_batch_only():
-    recs = [_rec("t", 1, 32, "fp32", 8, 1.0, mem=400.0), _rec("t", 2, 32, "fp32", 8, 4.0, mem=100.0),
+    recs = [_rec("t", 1, 32, "fp32", 8, 1.0, mem=400.0),
+            _rec("t", 2, 32, "fp32", 8, 4.0, mem=100.0),
             _rec("t", 2, 32, "fp32", 16, 4.0, mem=200.0)]
     rows = derive.memory_ratios(recs)
     assert len(rows) == 1 and rows[0]["ratio"] == pytest.approx(4.0)
@@ -100,3 +101,10 @@ def test_cost_estimate_labels_measured_and_analytic_rows():
 def test_names_and_rounding_are_deterministic():
     assert sanitize("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
     assert rounded({"a": [1.234567, 2], "b": 0.000123456}) == {"a": [1.235, 2], "b": 0.0001235}
+
+
+def test_targets_not_in_profile_read_na_and_unbuilt_read_pending():
+    rows = {r["key"]: r for r in targets.all_targets([], {}, "cpu", {}, planned={"throughput"})}
+    assert rows["memory_ratio"]["status"] == "N/A"
+    assert rows["data_loading"]["status"] == "N/A"
+    assert rows["fid_features"]["status"] == "PENDING"  # no such workload registered yet

@@ -26,7 +26,8 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
 def test_help_imports_no_heavy_modules():
     probe = ("import sys; from typer.testing import CliRunner; from pixbench.cli import app; "
              "r = [CliRunner().invoke(app, a + ['--help']) for a in ([], ['data', 'prepare'], "
-             "['classify', 'run'], ['report'])]; assert all(x.exit_code == 0 for x in r); "
+             "['classify', 'run'], ['report'], ['bench'], ['sweep'], ['mae', 'pretrain'], "
+             "['mae', 'finetune'])]; assert all(x.exit_code == 0 for x in r); "
              "print(sorted(m for m in ('torch', 'timm', 'dvclive', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

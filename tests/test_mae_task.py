@@ -114,6 +114,7 @@ def test_report_mae_section(tiny_project):
     assert f"{tops['mae-scratch']:.2f} (n=1)" in row and f"{tops['mae-linprobe']:.2f} (n=1)" in row
     assert f"{tops['mae-finetune'] - tops['mae-scratch']:+.2f} pt" in row
     assert (Paths().reports_dir / "figures" / "mae_tiny_reconstructions.png").is_file()
+    assert (Paths().reports_dir / "figures" / "mae_tiny_top1_vs_total_gflops.png").is_file()
     assert "| S | 87.4 | 87.7 | [S] |" in text
 
 

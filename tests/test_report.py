@@ -86,3 +86,24 @@ def test_report_refuses_runs_of_other_settings(workdir, tiny_params):
     changed = load_params(write_params(workdir / "params.yaml", tiny_params))
     with pytest.raises(UserError, match="classify-xxs-p1-s0: refused, made with other settings"):
         build_report(changed, Paths())
+
+
+def test_bench_section_reads_full_results_only(tmp_path):
+    from pixbench.report.bench import bench_section
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    doc = {"env_name": "cpu-fp32-torchX", "profile": "cpu", "duration_s": 12.0, "device": "cpu",
+           "environment": {"cpu": "Test CPU"}, "files": {"plots": ["cpu-fp32-torchX_scaling.png"]},
+           "targets": [{"figure": "mem p1/p2", "target": "<= 4.5x", "measured": "3.2x",
+                        "status": "PASS", "limits": ""}],
+           "cost_estimate": {"unit": "CPU-hours", "note": "one seed", "rows": [
+               {"table": "CIFAR-100 32x32", "size": "t", "patch": 1, "tokens": 1024, "epochs": 2400,
+                "images": 120000000, "train_flops_per_image": 6.16e10, "items_per_s": 0.25,
+                "hours": 133333.0, "method": "measured", "source": "vit_train/t-p1"}]}}
+    (bench / "cpu-fp32-torchX.json").write_text(json.dumps(doc))
+    (bench / "quick-cpu.json").write_text(json.dumps({**doc, "env_name": "quick-one"}))
+    text = "\n".join(bench_section(bench, tmp_path))
+    assert "| mem p1/p2 | <= 4.5x | 3.2x | **PASS** |  |" in text and "quick-one" not in text
+    assert "![cpu-fp32-torchX_scaling.png](bench/cpu-fp32-torchX_scaling.png)" in text
+    assert "| CIFAR-100 32x32 | ViT-T/1 | 1024 | 2400 | 120,000,000 | 61.6 | 0.25 | 133,333 |" in text

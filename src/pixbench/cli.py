@@ -168,6 +168,20 @@ def sweep_cmd(
         raise UserError(f"{sum(r['state'] == 'FAILED' for r in rows)} of {len(rows)} cells failed")
 
 
+@app.command("bench")
+def bench_cmd(
+    profile: Annotated[str, typer.Option(
+        "--profile", help="auto | quick | cpu | cpu-compile | gpu (auto: gpu with CUDA, else cpu).")] = "auto",
+    out: Annotated[Path, typer.Option("--out", help="Where the JSON, summary and plots go.")] = Path("reports/bench"),
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="CPU threads (default: the idle cores).")] = None,
+) -> None:
+    """Compute benchmarks: throughput, memory, MFU and scaling of pixel vs patch tokens."""
+    from pixbench.bench.cli_bench import bench_command
+
+    bench_command(profile, out, threads)
+
+
 @app.command("report")
 def report_cmd(params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None) -> None:
     """Assemble the Markdown report and PNG plots from every metrics file of the profile."""

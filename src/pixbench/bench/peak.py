@@ -60,9 +60,10 @@ def measure_peak(device: str, dtype: str, n: int, reps: int, timer: Callable | N
     if dtype != "fp32" and fp32_probe is not None:
         probe = _single_thread(lambda: matmul_rate(device, dtype, PROBE_N, reps=5))
         if probe["flops_per_s_best"] < 0.5 * fp32_probe:
+            rate = probe["flops_per_s_best"] / 1e9
             return {**probe, "fast_path": False,
-                    "note": f"{dtype} {PROBE_N}² matmul at {probe['flops_per_s_best'] / 1e9:.1f} GFLOP/s "
-                            f"< half of fp32's {fp32_probe / 1e9:.1f}: no fast {dtype} GEMM here"}
+                    "note": f"{dtype} {PROBE_N}² matmul at {rate:.1f} GFLOP/s < half of fp32's "
+                            f"{fp32_probe / 1e9:.1f} (one thread each): no fast {dtype} GEMM here"}
     return matmul_rate(device, dtype, n, reps, timer=timer)
 
 

@@ -56,11 +56,11 @@ def _env_lines(doc: dict) -> list[str]:
     where = e.get("gpu") or e.get("cpu")
     return [f"- profile `{doc['profile']}`, device {doc['device']} ({where}), ISA "
             f"{e.get('cpu_isa')}, {e.get('torch_threads')} torch thread(s) of "
-            f"{e.get('cpu_count')} CPUs",
+            f"{e.get('cpu_count')} CPUs ({e.get('threads_reason')})",
             f"- torch {e['versions']['torch']}, timm {e['versions']['timm']}, git "
             f"{(e.get('git_sha') or '?')[:10]}{' (dirty)' if e.get('git_dirty') else ''}",
             f"- load average at start {e.get('load_average_start')}, at end "
-            f"{e.get('load_average_end')}; {doc['duration_s']:.0f} s in all; "
+            f"{e.get('load_average_end')}; measured in {doc['duration_s']:.0f} s; "
             + ("all cases of the profile ran" if doc["complete"] else "**partial run**")]
 
 

@@ -17,12 +17,15 @@ DEFAULT_OUT = Path("reports/bench")
 
 
 def run_suite(profile: str = "cpu", out_dir: Path = DEFAULT_OUT,
-              log: Callable[[str], None] | None = None) -> Path:
-    """Run a profile ("quick", "cpu", "gpu" or "auto") and write its files; returns the JSON."""
+              log: Callable[[str], None] | None = None, threads: int | None = None) -> Path:
+    """Run a profile ("quick", "cpu", "gpu" or "auto") and write its files; returns the JSON.
+
+    threads: torch intra-op threads; default: the profile's, else on a CPU the cores that are
+    idle at the start (see env.auto_threads)."""
     from pixbench.bench.session import BenchSession
 
     prof = get_profile(profile)
-    session = BenchSession(prof, log=log)
+    session = BenchSession(prof, log=log, threads=threads)
     try:
         for dtype in prof.dtypes:
             session.peak(dtype)
@@ -33,6 +36,21 @@ def run_suite(profile: str = "cpu", out_dir: Path = DEFAULT_OUT,
     return finalize(session, out_dir)
 
 
+def planned_feeds(prof) -> set[str]:
+    """Groups and workloads the profile has cases for, and "memory_pair" when it has a p=1 and
+    a p=2 train case at one batch (what the memory-ratio target needs)."""
+    out = {c.group for c in prof.cases} | {c.workload for c in prof.cases}
+    patches: dict[tuple, set[int]] = {}
+    for c in prof.cases:
+        if c.workload == "vit_train":
+            p = c.params
+            patches.setdefault((p["size"], p["image_size"], p["batch"], p["dtype"]),
+                               set()).add(p["patch"])
+    if any({1, 2} <= v for v in patches.values()):
+        out.add("memory_pair")
+    return out
+
+
 def finalize(session, out_dir: Path = DEFAULT_OUT) -> Path:
     """Derive, judge and write what the session measured; partial runs get a `-partial` name."""
     from pixbench.bench import derive
@@ -40,6 +58,7 @@ def finalize(session, out_dir: Path = DEFAULT_OUT) -> Path:
     from pixbench.bench.env import env_name, load_average
     from pixbench.bench.report import SCHEMA, write_all
     from pixbench.bench.targets import all_targets
+    from pixbench.bench.workloads import WORKLOADS
 
     prof, device = session.profile, session.device
     records = [session.records[k] for k in sorted(session.records)]
@@ -62,7 +81,7 @@ def finalize(session, out_dir: Path = DEFAULT_OUT) -> Path:
             "breakdown": derive.breakdown_summary(records, peaks),
         },
         "cost_estimate": cost_estimate(records, peaks, device, main),
-        "targets": all_targets(records, peaks, device, env),
-        "pending_workloads": PENDING_WORKLOADS,
+        "targets": all_targets(records, peaks, device, env, planned_feeds(prof)),
+        "pending_workloads": {k: v for k, v in PENDING_WORKLOADS.items() if k not in WORKLOADS},
     }
     return write_all(doc, out_dir)

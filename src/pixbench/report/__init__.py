@@ -14,6 +14,7 @@ from pixbench.config import Params, Paths, make_classify_spec, spec_diff
 from pixbench.errors import UserError
 from pixbench.eval.stats import fmt_welch, welch
 from pixbench.paper import LOCALITY_NOTE, PAPER, RECIPE_NOTE
+from pixbench.report.bench import bench_section
 from pixbench.report.html import markdown_to_html
 from pixbench.report.mae import mae_section
 from pixbench.report.plots import plot_accuracy, plot_curves, plot_time
@@ -167,6 +168,7 @@ def build_report(params: Params, paths: Paths) -> Path:
     if loc:
         lines += ["## Locality", "", LOCALITY_INTRO, ""] + loc + ["", LOCALITY_NOTE, ""]
     lines += mae_section(params, paths.runs_dir / params.profile, out_dir, FIG_DIR)
+    lines += bench_section(out_dir / "bench", out_dir)
     lines += ["## Environment", ""] + environment(rows) + [""]
     path = out_dir / "REPORT.md"
     text = "\n".join(lines)

@@ -101,4 +101,49 @@ def mae_section(params: Params, runs_dir: Path, out_dir: Path, fig_dir: str) -> 
                   "Rows: patch sizes; for each image: masked input (removed tokens grey), "
                   "reconstruction with the visible tokens pasted back, original. Fixed val "
                   "images and masks.", ""]
+    points = total_train_gflops(rows, pre.batch_size)
+    if points:
+        name = plot_mae_compute(points, out_dir / fig_dir, f"mae_{params.profile}")
+        lines += [f"![{name}]({fig_dir}/{name})", "", "Compute vs quality: each fine-tuned or "
+                  "probed run is charged its pre-training too (analytic GFLOPs per image x "
+                  "images seen).", ""]
     return lines + ["### The paper's MAE numbers", ""] + paper_mae_table() + ["", MAE_NOTE, ""]
+
+
+def total_train_gflops(rows: list[dict], pretrain_batch: int) -> list[tuple[str, int, str, float, float]]:
+    """(task, patch, target, total training GFLOPs incl. pre-training, top-1) per run: the
+    price of MAE's gain includes its pre-training."""
+    pre = {(r["size"], r["patch"], r.get("variant"), r["seed"]): r for r in rows
+           if r["task"] == "mae-pretrain"}
+    out = []
+    for r in rows:
+        if r["task"] == "mae-pretrain":
+            continue
+        own = r["images_seen"] * r["gflops_train"]
+        p = pre.get((r["size"], r["patch"], r.get("variant"), r["seed"]))
+        extra = p["steps"] * pretrain_batch * p["gflops_train"] if p and r["task"] != "mae-scratch" else 0.0
+        out.append((r["task"], r["patch"], r.get("variant") or "", own + extra, r["top1"]))
+    return sorted(out)
+
+
+def plot_mae_compute(points: list[tuple], out_dir: Path, stem: str) -> str:
+    from pixbench.report.plots import _plt, _savefig
+
+    _, plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    markers = {"mae-scratch": "o", "mae-finetune": "s", "mae-linprobe": "^"}
+    for task, marker in markers.items():
+        pts = [p for p in points if p[0] == task]
+        ax.scatter([p[3] for p in pts], [p[4] for p in pts], marker=marker, label=task[4:], zorder=3)
+        for p in pts:
+            ax.annotate(f"/{p[1]}{' ' + p[2] if p[2] else ''}", (p[3], p[4]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xscale("log")
+    ax.set_xlabel("total training GFLOPs per run, incl. pre-training (log)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    name = f"{stem}_top1_vs_total_gflops.png"
+    _savefig(fig, out_dir / name)
+    plt.close(fig)
+    return name

@@ -136,7 +136,8 @@ def plot_reconstructions(items: list[tuple[str, Path]], out_dir: Path, stem: str
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if row == 0:
-                    ax.set_title(kind[:5], fontsize=7)
+                    titles = {"masked": "masked", "reconstruction": "recon.", "original": "orig."}
+                    ax.set_title(titles[kind], fontsize=7)
         axes[row][0].set_ylabel(label, fontsize=8)
     name = f"{stem}_reconstructions.png"
     _savefig(fig, out_dir / name)

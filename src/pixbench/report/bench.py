@@ -1,0 +1,54 @@
+"""The report's compute section, read from the committed benchmark results (reports/bench/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _bench_files(bench_dir: Path) -> list[Path]:
+    """Full-profile results only: quick smoke runs and partial runs are not evidence."""
+    return sorted(p for p in bench_dir.glob("*.json")
+                  if not p.name.startswith("quick-") and "-partial" not in p.name)
+
+
+def _cost_rows(doc: dict) -> list[str]:
+    cost = doc.get("cost_estimate") or {}
+    rows = cost.get("rows") or []
+    if not rows:
+        return []
+    unit = cost.get("unit", "hours")
+    lines = [f"Estimated {unit} to reproduce the paper's recipes ({cost.get('note', '')}):", "",
+             "| table | model | tokens | epochs | images | train GFLOPs/img | img/s | hours | from |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['table']} | ViT-{r['size'].upper()}/{r['patch']} | {r['tokens']} | "
+                     f"{r['epochs']} | {r['images']:,} | {r['train_flops_per_image'] / 1e9:,.1f} | "
+                     f"{r['items_per_s']:.4g} | {r['hours']:,.0f} | {r['method']}: "
+                     f"{r['source']} |")
+    return lines + [""]
+
+
+def bench_section(bench_dir: Path, reports_dir: Path) -> list[str]:
+    files = _bench_files(bench_dir)
+    if not files:
+        return []
+    lines = ["## Compute benchmarks", "",
+             "From `pixbench bench` (pytest-benchmark suite in `bench/`); MFU is achieved FLOP/s "
+             "(analytic, attention counted) over a matmul peak measured in the same run on the "
+             "same device and dtype.", ""]
+    for path in files:
+        doc = json.loads(path.read_text())
+        env = doc.get("environment", {})
+        lines += [f"### {doc['env_name']}", "",
+                  f"- {env.get('cpu') or env.get('gpu') or doc.get('device')}; profile "
+                  f"`{doc['profile']}`, {doc.get('duration_s', 0):.0f} s.", "",
+                  "| figure | target | measured | status | what limits it |", "|---|---|---|---|---|"]
+        for t in doc["targets"]:
+            lines.append(f"| {t['figure']} | {t['target']} | {t['measured']} | **{t['status']}** "
+                         f"| {t['limits'] or ''} |")
+        lines.append("")
+        rel = path.parent.relative_to(reports_dir) if path.parent.is_relative_to(reports_dir) else path.parent
+        lines += [f"![{p}]({rel}/{p})" for p in doc.get("files", {}).get("plots", [])] + [""]
+        lines += _cost_rows(doc)
+    return lines
