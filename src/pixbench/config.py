@@ -265,7 +265,18 @@ class Paths(BaseSettings):
 Task = Literal["classify", "mae-scratch", "mae-finetune", "mae-linprobe"]
 
 
-class RunSpec(Strict):
+class Digestible(Strict):
+    """A spec whose canonical JSON hashes to the digest that guards resume, reuse and reports."""
+
+    def canonical(self) -> dict:
+        return json.loads(self.model_dump_json())
+
+    def digest(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class RunSpec(Digestible):
     """Everything that determines a classification run's result (from scratch, or initialised
     from an MAE encoder); its hash guards resume and reuse."""
 
@@ -285,12 +296,6 @@ class RunSpec(Strict):
         base = f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
         return f"{base}-{self.variant}" if self.variant else base
 
-    def canonical(self) -> dict:
-        return json.loads(self.model_dump_json())
-
-    def digest(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: int,
@@ -328,7 +333,7 @@ def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-class PretrainSpec(Strict):
+class PretrainSpec(Digestible):
     """Everything that determines an MAE pre-training run's result."""
 
     task: Literal["mae-pretrain"] = "mae-pretrain"
@@ -345,12 +350,6 @@ class PretrainSpec(Strict):
         base = f"{self.task}-{self.size}-p{self.patch}-s{self.seed}"
         return f"{base}-{self.variant}" if self.variant else base
 
-    def canonical(self) -> dict:
-        return json.loads(self.model_dump_json())
-
-    def digest(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def make_pretrain_spec(params: Params, *, size: str | None, patch: int, seed: int,
