@@ -36,6 +36,11 @@ WaitOpt = Annotated[bool, typer.Option(
     "--wait/--no-wait", help="Block until SLURM jobs end and print their metrics.")]
 
 
+def _check_stale(stale: str) -> None:
+    if stale not in ("error", "restart"):
+        raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
+
+
 def _params(path: Path, profile: str | None):
     from pixbench.config import load_params
 
@@ -84,8 +89,7 @@ def classify_run(
     from pixbench.config import Paths, make_classify_spec
     from pixbench.launch import launch
 
-    if stale not in ("error", "restart"):
-        raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
+    _check_stale(stale)
     spec = make_classify_spec(_params(params_path, profile), size=size, patch=patch, seed=seed,
                               variant=variant)
     metrics = launch("classify", spec, Paths(), launcher=launcher, cluster=cluster, stale=stale,
@@ -101,8 +105,7 @@ def _mae_command(task: str, patch: int, seed: int, size: str | None, target: str
     from pixbench.config import Paths, make_mae_spec, make_pretrain_spec
     from pixbench.launch import launch
 
-    if stale not in ("error", "restart"):
-        raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
+    _check_stale(stale)
     params = _params(params_path, profile)
     spec = (make_pretrain_spec(params, size=size, patch=patch, seed=seed, target=target)
             if task == "mae-pretrain" else

@@ -127,7 +127,7 @@ def total_train_gflops(rows: list[dict], pretrain_batch: int) -> list[tuple[str,
 
 
 def plot_mae_compute(points: list[tuple], out_dir: Path, stem: str) -> str:
-    from pixbench.report.plots import _plt, _savefig
+    from pixbench.report.plots import _plt, finish_axes
 
     _, plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -138,12 +138,6 @@ def plot_mae_compute(points: list[tuple], out_dir: Path, stem: str) -> str:
         for p in pts:
             ax.annotate(f"/{p[1]}{' ' + p[2] if p[2] else ''}", (p[3], p[4]), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
-    ax.set_xscale("log")
-    ax.set_xlabel("total training GFLOPs per run, incl. pre-training (log)")
-    ax.set_ylabel("val top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    name = f"{stem}_top1_vs_total_gflops.png"
-    _savefig(fig, out_dir / name)
-    plt.close(fig)
-    return name
+    return finish_axes(fig, ax, xlabel="total training GFLOPs per run, incl. pre-training (log)",
+                       ylabel="val top-1 (%)", out_dir=out_dir,
+                       name=f"{stem}_top1_vs_total_gflops.png", log_x=True)

@@ -26,6 +26,21 @@ def _savefig(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def finish_axes(fig, ax, *, xlabel: str, ylabel: str, out_dir: Path, name: str,
+                log_x: bool = False) -> str:
+    """Labels, grid, legend, then a deterministic PNG; returns the file name."""
+    _, plt = _plt()
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _savefig(fig, out_dir / name)
+    plt.close(fig)
+    return name
+
+
 def plot_accuracy(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> list[str]:
     """Top-1 vs patch size and top-1 vs train GFLOPs per image (mean ± std over seeds)."""
     matplotlib, plt = _plt()
@@ -78,14 +93,8 @@ def plot_curves(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> st
                     label=r["display"] if j == 0 else None, marker="o", ms=3)
     chance = 100.0 / groups[keys[0]][0].get("num_classes", 10) if keys else 10.0
     ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 on a fixed 1000-image subset (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    name = f"{stem}_learning_curves.png"
-    _savefig(fig, out_dir / name)
-    plt.close(fig)
-    return name
+    return finish_axes(fig, ax, xlabel="epoch", ylabel="val top-1 on a fixed 1000-image subset (%)",
+                       out_dir=out_dir, name=f"{stem}_learning_curves.png")
 
 
 def plot_time(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> str:
@@ -107,15 +116,9 @@ def plot_time(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> str:
         ax.scatter(xs, ys, color=cmap(i / max(1, len(patches) - 1)), label=f"p={patch}", zorder=3)
     ax.plot([f[0] for f in front], [f[1] for f in front], color="grey", ls="--", lw=1,
             label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("measured training time per run (s, log scale)")
-    ax.set_ylabel("val top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    name = f"{stem}_top1_vs_train_time.png"
-    _savefig(fig, out_dir / name)
-    plt.close(fig)
-    return name
+    return finish_axes(fig, ax, xlabel="measured training time per run (s, log scale)",
+                       ylabel="val top-1 (%)", out_dir=out_dir,
+                       name=f"{stem}_top1_vs_train_time.png", log_x=True)
 
 
 def plot_reconstructions(items: list[tuple[str, Path]], out_dir: Path, stem: str,
