@@ -32,6 +32,11 @@ LauncherOpt = Annotated[Optional[str], typer.Option(
     "--launcher", help="local or slurm; default: slurm when a cluster is named, else local.")]
 ClusterOpt = Annotated[Optional[str], typer.Option(
     "--cluster", help="Cluster profile slurm/clusters/NAME.yaml (or PIXBENCH_CLUSTER).")]
+PatchOpt = Annotated[int, typer.Option("--patch", help="Patch size; 1 = pixel tokens.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for init, order, augmentation, masks.")]
+StaleOpt = Annotated[str, typer.Option(
+    "--stale", help="A run dir left by another spec: 'error' or 'restart' (discard it).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 WaitOpt = Annotated[bool, typer.Option(
     "--wait/--no-wait", help="Block until SLURM jobs end and print their metrics.")]
 
@@ -70,15 +75,14 @@ def data_prepare(params_path: ParamsOpt = Path("params.yaml"), profile: ProfileO
 
 @classify_app.command("run")
 def classify_run(
-    patch: Annotated[int, typer.Option("--patch", help="Patch size; 1 = pixel tokens.")],
-    seed: Annotated[int, typer.Option("--seed", help="Seed for init, order and augmentation.")] = 0,
+    patch: PatchOpt,
+    seed: SeedOpt = 0,
     size: Annotated[Optional[str], typer.Option(
         "--size", help="Model size key (xxs, xs, m, t, s, b, l); default: sweep.sizes[0].")] = None,
     variant: Annotated[Optional[str], typer.Option(
         "--variant", help="A locality ablation of params.yaml's locality.variants.")] = None,
-    stale: Annotated[str, typer.Option(
-        "--stale", help="A run dir left by another spec: 'error' or 'restart' (discard it).")] = "error",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    stale: StaleOpt = "error",
+    device: DeviceOpt = "auto",
     launcher: LauncherOpt = None,
     cluster: ClusterOpt = None,
     wait: WaitOpt = True,
@@ -119,16 +123,15 @@ def _mae_command(task: str, patch: int, seed: int, size: str | None, target: str
 
 def _register_mae(name: str, task: str, doc: str) -> None:
     def command(
-        patch: Annotated[int, typer.Option("--patch", help="Patch size; 1 = pixel tokens.")],
-        seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
+        patch: PatchOpt,
+        seed: SeedOpt = 0,
         size: Annotated[Optional[str], typer.Option(
             "--size", help="Model size key; default: mae_sweep.sizes[0].")] = None,
         target: Annotated[Optional[str], typer.Option(
             "--target", help="Pre-training target variant (mae_sweep.alt_target), if not the "
                              "profile's.")] = None,
-        stale: Annotated[str, typer.Option(
-            "--stale", help="A run dir left by another spec: 'error' or 'restart'.")] = "error",
-        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+        stale: StaleOpt = "error",
+        device: DeviceOpt = "auto",
         launcher: LauncherOpt = None, cluster: ClusterOpt = None, wait: WaitOpt = True,
         params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
     ) -> None:
