@@ -93,3 +93,39 @@ def tiny_project(workdir: Path, tiny_params: dict) -> Path:
     """workdir with params.yaml and a prepared tiny cache; returns the params path."""
     make_tiny_cache(workdir / "data" / "tiny")
     return write_params(workdir / "params.yaml", tiny_params)
+
+
+# The generation track at test scale: 16x16 synthetic images, 4x down-sampling -> 4x4x4 latents.
+TINY_GEN = {
+    "data": {"source": "fashion_mnist", "image_size": 16, "root": None, "allow_download": False},
+    "vq": {"pretrained": None, "downsample": 4, "base_channels": 8, "layers_per_block": 1,
+           "mid_attention": False, "latent_channels": 4, "codebook_size": 16, "commitment": 0.25,
+           "dead_code_steps": 3, "disc_start_step": 4, "disc_weight": 0.5, "disc_channels": 8,
+           "disc_layers": 1, "steps": 8, "batch_size": 16, "lr": 0.002, "betas": [0.5, 0.9],
+           "eval_images": 32, "checkpoint_every_s": 60},
+    "latents": {"train_subset": None, "val_subset": None},
+    "featnet": {"width": 8, "feature_dim": 16, "epochs": 1, "batch_size": 32, "lr": 0.003,
+                "train_subset": None},
+    "dit": {"pos_embed": "learn", "class_dropout": 0.1, "num_train_timesteps": 100,
+            "beta_schedule": "linear", "steps": 6, "batch_size": 16,
+            "optim": {"lr": 0.001, "lr_ref_batch": 16, "betas": [0.9, 0.999], "weight_decay": 0.0,
+                      "warmup_epochs": 0.0, "min_lr_ratio": 1.0, "grad_clip": 1.0},
+            "ema_decay": 0.9, "curve_every_steps": 3, "curve_samples": 16, "precision": "fp32",
+            "checkpoint_every_s": 60},
+    "sample": {"sampler": "ddim", "steps": 5, "eta": 0.0, "cfg_scale": 2.0, "num_samples": 32,
+               "batch_size": 16},
+    "fid": {"reference": "train", "reference_images": 64, "kid_subset_size": 16,
+            "prc_neighborhood": 3, "inception": False},
+}
+TINY_GEN_SWEEP = {"sizes": ["xxs"], "patches": [1, 2], "seeds": [0], "tokenizer_seed": 0}
+
+
+@pytest.fixture
+def gen_project(workdir: Path, tiny_params: dict) -> Path:
+    """workdir with a params.yaml that has a gen section and a prepared 16x16 gen cache."""
+    params = copy.deepcopy(tiny_params)
+    params["profiles"]["tiny"]["gen"] = copy.deepcopy(TINY_GEN)
+    params["gen_sweep"] = dict(TINY_GEN_SWEEP)
+    make_tiny_cache(workdir / "data" / "tiny")
+    make_tiny_cache(workdir / "data" / "tiny-gen", TINY_GEN["data"], n_train=128, n_val=32)
+    return write_params(workdir / "params.yaml", params)

@@ -27,8 +27,9 @@ def test_help_imports_no_heavy_modules():
     probe = ("import sys; from typer.testing import CliRunner; from pixbench.cli import app; "
              "r = [CliRunner().invoke(app, a + ['--help']) for a in ([], ['data', 'prepare'], "
              "['classify', 'run'], ['report'], ['bench'], ['sweep'], ['mae', 'pretrain'], "
-             "['mae', 'finetune'])]; assert all(x.exit_code == 0 for x in r); "
-             "print(sorted(m for m in ('torch', 'timm', 'dvclive', 'matplotlib') if m in sys.modules))")
+             "['mae', 'finetune'], ['vq', 'train'], ['vq', 'encode'], ['vq', 'eval'], "
+             "['featnet', 'train'], ['dit', 'train'], ['dit', 'eval'], ['dit', 'sample'])]; assert all(x.exit_code == 0 for x in r); "
+             "print(sorted(m for m in ('torch', 'timm', 'dvclive', 'matplotlib', 'diffusers', 'torch_fidelity') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

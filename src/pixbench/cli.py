@@ -59,15 +59,23 @@ def _params(path: Path, profile: str | None):
 
 
 @data_app.command("prepare")
-def data_prepare(params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None) -> None:
+def data_prepare(params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt = None,
+                 gen: Annotated[bool, typer.Option(
+                     "--gen", help="Prepare the generation track's images (profiles.P.gen.data) "
+                                   "instead of the classification cache.")] = False) -> None:
     """Build the uint8 cache (arrays + labels + manifest) for the profile's data section."""
     from pixbench.config import Paths
     from pixbench.data.prepare import prepare
 
     params = _params(params_path, profile)
     paths = Paths()
-    out = paths.cache_for(params.profile)
-    manifest = prepare(params.active.data, out, paths.data_root)
+    if gen:
+        if params.active.gen is None:
+            raise UserError(f"{params_path}: profiles.{params.profile}.gen is not set")
+        out, cfg = paths.gen_cache_for(params.profile), params.active.gen.data
+    else:
+        out, cfg = paths.cache_for(params.profile), params.active.data
+    manifest = prepare(cfg, out, paths.data_root)
     typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
                + f" images, {manifest['image_size']}x{manifest['image_size']}x"
                  f"{manifest['channels']}, {manifest['num_classes']} classes")
@@ -199,6 +207,9 @@ def report_cmd(params_path: ParamsOpt = Path("params.yaml"), profile: ProfileOpt
     typer.echo(f"wrote {out}")
 
 
+from pixbench import cli_gen  # noqa: E402,F401  (registers vq, featnet, dit on `app`)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
@@ -211,4 +222,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m pixbench.cli`: run the imported module's app, the one cli_gen registered on
+    from pixbench.cli import main as _main
+
+    _main()

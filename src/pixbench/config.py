@@ -7,52 +7,20 @@ Environment variables hold machine paths only; CLI flags pick a run and where it
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pixbench.errors import UserError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-class DataConfig(Strict):
-    source: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder"] = Field(
-        description="Dataset source: the embedded Fashion-MNIST, CIFAR via torchvision, or an "
-                    "ImageFolder tree (ImageNet or your own data).")
-    image_size: int = Field(ge=4, le=512, description="Square side the cache stores, after "
-                            "antialiased resize (Fashion-MNIST, CIFAR) or centre crop + resize "
-                            "(ImageFolder).")
-    root: str | None = Field(None, description="ImageFolder root with train/ and val/, "
-                             "relative to PIXBENCH_DATA_ROOT unless absolute.")
-    allow_download: bool = Field(True, description="Download the source when it is missing "
-                                 "locally and the network answers.")
+from pixbench.genconfig import GenConfig, GenSweep, check_gen
+from pixbench.schema import DataConfig, Digestible, OptimConfig, Strict  # noqa: F401 (re-exported)
 
 
 # ------------------------------------------------------------------------------ classification
-
-
-class OptimConfig(Strict):
-    lr: float = Field(gt=0, description="Peak learning rate for the reference batch size.")
-    lr_ref_batch: int = Field(256, gt=0, description="Batch size the peak lr refers to; the "
-                              "used lr is lr * batch_size / lr_ref_batch (Goyal et al. 2017).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    weight_decay: float = Field(ge=0, description="AdamW decoupled weight decay; not applied "
-                                "to biases, norms and position embeddings.")
-    warmup_epochs: float = Field(ge=0, description="Linear warm-up length in epochs.")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of "
-                                "the peak lr.")
-    grad_clip: float | None = Field(None, gt=0, description="Max global grad norm, or null.")
 
 
 class AugmentConfig(Strict):
@@ -140,6 +108,8 @@ class Profile(Strict):
     classify: ClassifyConfig = Field(description="The classification recipe, shared by "
                                      "every patch size.")
     mae: MaeConfig = Field(description="The MAE track's recipes, shared by every patch size.")
+    gen: GenConfig | None = Field(None, description="The generation track (tokenizer, FID "
+                                  "classifier, DiT, sampling, metrics), or null for none.")
 
 
 class Sweep(Strict):
@@ -181,6 +151,8 @@ class Params(Strict):
     profiles: dict[str, Profile] = Field(description="Named data + recipe presets.")
     locality: Locality = Field(description="Locality ablations (pixel permutation, position "
                                "embeddings).")
+    gen_sweep: GenSweep | None = Field(None, description="Cells of the generation track's DVC "
+                                       "matrices (DiT sizes x latent patch sizes x seeds).")
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -204,6 +176,9 @@ class Params(Strict):
         one = [p for p in self.mae_sweep.patches if size // p < 2]
         if one:
             raise ValueError(f"mae_sweep.patches {one} leave a single token: nothing to mask")
+        gen = self.profiles[self.profile].gen
+        if gen is not None:
+            check_gen(gen, self.gen_sweep, f"profiles.{self.profile}.gen")
         return self
 
     @property
@@ -255,6 +230,9 @@ class Paths(BaseSettings):
     def cache_for(self, profile: str) -> Path:
         return self.cache_dir / profile
 
+    def gen_cache_for(self, profile: str) -> Path:
+        return self.cache_dir / f"{profile}-gen"
+
     def run_dir(self, profile: str, run_id: str) -> Path:
         return self.runs_dir / profile / run_id
 
@@ -263,17 +241,6 @@ class Paths(BaseSettings):
 
 
 Task = Literal["classify", "mae-scratch", "mae-finetune", "mae-linprobe"]
-
-
-class Digestible(Strict):
-    """A spec whose canonical JSON hashes to the digest that guards resume, reuse and reports."""
-
-    def canonical(self) -> dict:
-        return json.loads(self.model_dump_json())
-
-    def digest(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class RunSpec(Digestible):

@@ -125,20 +125,37 @@ def wait_for(job: Any, label: str, poll_s: float = 1.0) -> Any:
 # ------------------------------------------------------------------------------------ the task
 
 
+# task -> (module with the run function, its name, module with the spec class, its name)
+TASKS = {
+    "classify": ("pixbench.tasks.classify", "run", "pixbench.config", "RunSpec"),
+    "mae-finetune": ("pixbench.tasks.classify", "run", "pixbench.config", "RunSpec"),
+    "mae-linprobe": ("pixbench.tasks.classify", "run", "pixbench.config", "RunSpec"),
+    "mae-scratch": ("pixbench.tasks.classify", "run", "pixbench.config", "RunSpec"),
+    "mae-pretrain": ("pixbench.tasks.mae", "run", "pixbench.config", "PretrainSpec"),
+    "vq": ("pixbench.tasks.vq", "run", "pixbench.genconfig", "VQSpec"),
+    "vq-encode": ("pixbench.tasks.latents", "run_encode", "pixbench.genconfig", "EncodeSpec"),
+    "vq-eval": ("pixbench.tasks.latents", "run_eval", "pixbench.genconfig", "VQEvalSpec"),
+    "featnet": ("pixbench.tasks.featnet", "run", "pixbench.genconfig", "FeatNetSpec"),
+    "dit": ("pixbench.tasks.dit", "run", "pixbench.genconfig", "DitSpec"),
+    "dit-eval": ("pixbench.tasks.dit_eval", "run_eval", "pixbench.genconfig", "DitEvalSpec"),
+}
+
+
+def _task_entry(task: str, which: int):
+    import importlib
+
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}")
+    module, name = TASKS[task][2 * which:2 * which + 2]
+    return getattr(importlib.import_module(module), name)
+
+
 def _task_run(task: str):
-    if task == "mae-pretrain":
-        from pixbench.tasks.mae import run
-        return run
-    if task in ("classify", "mae-finetune", "mae-linprobe", "mae-scratch"):
-        from pixbench.tasks.classify import run
-        return run
-    raise UserError(f"unknown task {task!r}")
+    return _task_entry(task, 0)
 
 
 def _spec_class(task: str):
-    from pixbench.config import PretrainSpec, RunSpec
-
-    return PretrainSpec if task == "mae-pretrain" else RunSpec
+    return _task_entry(task, 1)
 
 
 class TaskJob(Checkpointable):

@@ -3,6 +3,8 @@
 Layout (each module imports torch lazily or only where it measures):
     plan.py       profiles (quick / cpu / gpu) as plain data: which cases, how long to time them
     workloads.py  the registry of workloads: build a case into one synchronised `step()`
+                  (ViT train/infer, data loading; workloads_gen.py: MAE, DiT, VQ tokenizer
+                  encode, FID features)
     peak.py       the matmul peak every MFU is divided by, measured in the same run
     timing.py     warm-up, timed steps, peak memory (VmHWM on CPU, the allocator on CUDA)
     session.py    runs cases (from `run_suite` or from pytest-benchmark) and collects records

@@ -64,10 +64,14 @@ def _env_lines(doc: dict) -> list[str]:
             + ("all cases of the profile ran" if doc["complete"] else "**partial run**")]
 
 
-def _throughput_rows(doc: dict) -> list[list[str]]:
+VIT_WORKLOADS = ("vit_train", "vit_infer", "data_loading")
+GEN_WORKLOADS = ("mae_encoder", "dit_train", "dit_infer", "tokenizer_encode", "fid_features")
+
+
+def _throughput_rows(doc: dict, workloads: tuple[str, ...] = VIT_WORKLOADS) -> list[list[str]]:
     rows = []
     for r in doc["results"]:
-        if r["workload"] not in ("vit_train", "vit_infer", "data_loading"):
+        if r["workload"] not in workloads:
             continue
         if r["status"] != "ok":
             rows.append([r["id"], "—", "—", r["status"], "—", "—", "—", "—",
@@ -122,6 +126,17 @@ def summary_markdown(doc: dict) -> str:
           "before the case (contention shows as a gap between the two).", ""]
     L += _table(["case", "tokens", "batch", "items/s", "GFLOP/s", "MFU", "MFU local",
                  "memory MB", "note"], _throughput_rows(doc))
+    gen = _throughput_rows(doc, GEN_WORKLOADS)
+    if gen:
+        L += ["", "## MAE, DiT, tokenizer and FID features", "",
+              "MAE: one pre-training step (mask 0.75; tokens = all, the encoder sees a quarter). "
+              "DiT: `dit_train` one training step, `dit_infer` one denoising forward with "
+              "classifier-free guidance (the batch runs doubled; items = images). Tokenizer: VQ "
+              "encode + quantise. FID: FeatNet features and logits of uint8 images. FLOPs: "
+              "analytic for MAE and DiT, counted by torch.utils.flop_counter for the tokenizer "
+              "and FeatNet.", ""]
+        L += _table(["case", "tokens", "batch", "items/s", "GFLOP/s", "MFU", "MFU local",
+                     "memory MB", "note"], gen)
     bd = doc["derived"].get("breakdown")
     if bd:
         L += ["", "## Where the step time goes", "", f"`{bd['id']}`: " + ", ".join(
@@ -131,7 +146,8 @@ def summary_markdown(doc: dict) -> str:
             f"{o['op']} {_pct(o['share'])}" for o in bd["top_other"]) + "."]
     L += ["", "## Token scaling", ""] + _scaling_lines(doc["derived"].get("scaling"))
     L += ["", "## Cost to reproduce the paper's tables", ""] + _cost_lines(doc["cost_estimate"])
-    L += ["", "## Not measured yet", ""] + [f"- `{k}`: {v}" for k, v in
-                                            sorted(doc["pending_workloads"].items())]
+    L += ["", "## Not measured yet", ""] + ([f"- `{k}`: {v}" for k, v in
+                                             sorted(doc["pending_workloads"].items())]
+                                            or ["Every workload of the issue is registered."])
     L += ["", "## Plots", ""] + [f"![{p}]({p})" for p in doc["files"]["plots"]]
     return "\n".join(L) + "\n"

@@ -176,17 +176,27 @@ def gpu(records, device, env) -> list[dict]:
                  f"{env.get('gpu')})", status, "" if on_h100 else "target is for an H100")]
 
 
-def fid(records, device) -> list[dict]:
+def fid(records, device, env=None) -> list[dict]:
+    """The best FID-feature rate of the run (over batch sizes) against the 1000 img/s CPU
+    target; the figure says the threads it had and, from the counted FLOPs, how hard it ran."""
     figure, target = "FID features, custom extractor, CPU img/s", f">= {FID_TARGET:,.0f} img/s"
     rs = derive.ok(records, "fid_features")
     if not rs:
         return [_row("fid_features", figure, target, "not measured", "PENDING",
-                     PENDING_WORKLOADS["fid_features"])]
+                     PENDING_WORKLOADS.get("fid_features", ""))]
     best = max(rs, key=lambda r: r["items_per_s"])
+    threads = (env or {}).get("torch_threads")
+    measured = (f"{best['items_per_s']:,.0f} img/s ({best['id']}"
+                + (f", {threads} thread(s)" if threads else "") + ")")
     status = ("PASS" if best["items_per_s"] >= FID_TARGET else "MISS") if device == "cpu" \
         else "INFO"
-    return [_row("fid_features", figure, target, f"{best['items_per_s']:,.0f} img/s "
-                 f"({best['id']})", status, "" if device == "cpu" else "target is for the CPU")]
+    limits = [] if device == "cpu" else ["target is for the CPU"]
+    if best.get("flops_per_item"):
+        limits.append(f"FeatNet: {best['flops_per_item'] / 1e6:.1f} MFLOP/img (counted), "
+                      f"{best['flops_per_s'] / 1e9:.1f} GFLOP/s"
+                      + (f" = {_pct(best['mfu'])} of the matmul peak" if best.get("mfu") else "")
+                      + f", batch {best['items_per_step']}")
+    return [_row("fid_features", figure, target, measured, status, "; ".join(limits))]
 
 
 def all_targets(records, peaks, device, env, planned: set[str] | None = None) -> list[dict]:
@@ -197,7 +207,7 @@ def all_targets(records, peaks, device, env, planned: set[str] | None = None) ->
     if device == "cpu":
         rows += cpu_mfu(records, peaks, bd) + bf16(records, peaks, env)
     rows += memory(records) + data(records, env) + scaling(records) + gpu(records, device, env)
-    rows += fid(records, device)
+    rows += fid(records, device, env)
     feeds = {"memory_ratio": "memory_pair", "data_loading": "data_loading",
              "scaling": "scaling", "fid_features": "fid_features"}
     for r in rows:

@@ -2,9 +2,10 @@
 
 A builder returns a `Prepared`: a step that runs one synchronised unit of work (a train step, a
 forward pass, one augmented batch), the items it processes and the analytic FLOPs per item
-(None where FLOPs mean nothing, as for data loading). New tracks register theirs here
-(`@register("mae_encoder")`, `"dit"`, `"tokenizer_encode"`, `"fid_features"`) and add cases to
-plan.py; session, derive and report need no change.
+(None where FLOPs mean nothing, as for data loading). The classification track's workloads
+are here; the pre-training and generation tracks' (`mae_encoder`, `dit_train`, `dit_infer`,
+`tokenizer_encode`, `fid_features`) are in workloads_gen.py, imported at the end of this module.
+A new workload registers with `@register(name)` and adds cases to plan.py.
 
 The train step is the project's (tasks/classify.py `train_one_epoch`): autocast, cross-entropy
 with label smoothing, `zero_grad(set_to_none=True)`, backward, AdamW over `param_groups` with
@@ -188,3 +189,7 @@ def data_loading(*, image_size: int, in_chans: int, batch: int, cache_images: in
         sync(device)
 
     return Prepared(step, batch, None, {"augment": AUGMENTS[augment], "dtype": dtype})
+
+
+# The pre-training and generation tracks' workloads register themselves on import.
+from pixbench.bench import workloads_gen  # noqa: E402,F401  (after `register` exists)

@@ -16,6 +16,7 @@ from pixbench.eval.stats import fmt_welch, welch
 from pixbench.paper import LOCALITY_NOTE, PAPER, RECIPE_NOTE
 from pixbench.report.bench import bench_section
 from pixbench.report.html import markdown_to_html
+from pixbench.report.gen import gen_section
 from pixbench.report.mae import mae_section
 from pixbench.report.plots import plot_accuracy, plot_curves, plot_time
 from pixbench.report.tables import (classify_table, cost_to_accuracy_table, locality_table,
@@ -168,6 +169,7 @@ def build_report(params: Params, paths: Paths) -> Path:
     if loc:
         lines += ["## Locality", "", LOCALITY_INTRO, ""] + loc + ["", LOCALITY_NOTE, ""]
     lines += mae_section(params, paths.runs_dir / params.profile, out_dir, FIG_DIR)
+    lines += gen_section(params, paths.runs_dir / params.profile, out_dir, FIG_DIR)
     lines += bench_section(out_dir / "bench", out_dir)
     lines += ["## Environment", ""] + environment(rows) + [""]
     path = out_dir / "REPORT.md"

@@ -1,0 +1,1 @@
+"""Generation track: DiT on VQGAN latents, diffusion training and sampling."""

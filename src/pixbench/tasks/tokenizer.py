@@ -1,0 +1,133 @@
+"""Tokenizer files: save / load the diffusers VQModel folder with a guard, import pretrained
+tokenizers (diffusers folders, taming/LDM checkpoints), and `pixbench vq encode|eval`.
+
+A saved folder holds diffusers' config.json + weights and `pixbench.json` (the spec digest and
+the sha256 of the weights file), so a corrupt or swapped file is a one-line error.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixbench.config import Paths
+from pixbench.data.cache import sha256_file
+from pixbench.errors import UserError
+from pixbench.genconfig import PretrainedTokenizer, VQConfig
+from pixbench.runio import atomic_write_json, read_json
+
+GUARD = "pixbench.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def save_tokenizer(model, out_dir: Path, spec) -> None:
+    """save_pretrained into a temp folder, add the guard, swap it in: never half-written."""
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        atomic_write_json(tmp / GUARD, {
+            "spec_digest": spec.digest(), "run_id": spec.run_id,
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
+            "commitment": spec.vq.commitment})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_tokenizer(folder: Path, expect_digest: str | None = None):
+    """A saved tokenizer in eval mode; missing, corrupt or mismatched files are UserErrors."""
+    from diffusers import VQModel
+
+    from pixbench.models.vqgan import configure_quantizer
+
+    folder = Path(folder)
+    guard = folder / GUARD
+    if not guard.is_file():
+        raise UserError(f"tokenizer not found: {guard} (run `pixbench vq train`)")
+    meta = read_json(guard, "tokenizer guard")
+    if expect_digest is not None and meta.get("spec_digest") != expect_digest:
+        raise UserError(f"{folder}: tokenizer was trained for another spec "
+                        f"({meta.get('spec_digest')} != {expect_digest}); re-run `pixbench vq train`")
+    weights = folder / WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != meta.get("weights_sha256"):
+        raise UserError(f"{weights}: missing or sha256 does not match {guard} (corrupt tokenizer)")
+    try:
+        model = VQModel.from_pretrained(folder)
+    except Exception as exc:  # diffusers raises many kinds for bad configs and weights
+        raise UserError(f"{folder}: unreadable tokenizer ({str(exc).splitlines()[0][:120]})") from None
+    configure_quantizer(model, meta.get("commitment", 0.25))
+    return model.eval()
+
+
+def _resolve(path: str, paths: Paths) -> Path:
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    if paths.data_root is None:
+        raise UserError(f"vq.pretrained.path={path} is relative but PIXBENCH_DATA_ROOT is not set")
+    return paths.data_root / p
+
+
+def import_pretrained(pre: PretrainedTokenizer, paths: Paths, cfg: VQConfig, channels: int):
+    """A pretrained tokenizer from a diffusers folder or a taming/LDM checkpoint."""
+    from diffusers import VQModel
+
+    from pixbench.models.vqgan import configure_quantizer
+
+    src = _resolve(pre.path, paths)
+    if not src.exists():
+        raise UserError(f"vq.pretrained.path: {src} does not exist")
+    try:
+        if pre.format == "diffusers":
+            model = VQModel.from_pretrained(src)
+        else:
+            from pixbench.models.taming import vqmodel_from_taming
+
+            model = vqmodel_from_taming(src)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{src}: unreadable {pre.format} tokenizer "
+                        f"({str(exc).splitlines()[0][:120]})") from None
+    got = (model.config.in_channels, len(model.config.block_out_channels),
+           model.config.latent_channels)
+    want = (channels, cfg.levels, cfg.latent_channels)
+    if got != want:
+        raise UserError(f"{src}: tokenizer has (in_channels, levels, latent_channels) {got}, "
+                        f"params ask for {want} (vq.downsample, vq.latent_channels)")
+    configure_quantizer(model, cfg.commitment)
+    return model.eval()
+
+
+@torch.no_grad()
+def encode_images(model, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W, C) -> pre-quantisation latents (N, c, h, w) float32 and codes (N, h, w).
+
+    Fixed batches: the cache must be reproducible bit for bit by re-encoding."""
+    from pixbench.tasks.vq import to_unit
+
+    lat, codes = [], []
+    for i in range(0, images.shape[0], batch):
+        z = model.encode(to_unit(images[i:i + batch])).latents  # (n, c, h, w)
+        _, _, (_, _, idx) = model.quantize(z)
+        lat.append(z.float().numpy())
+        codes.append(idx.view(z.shape[0], z.shape[2], z.shape[3]).to(torch.int32).numpy())
+    return np.concatenate(lat), np.concatenate(codes)
+
+
+@torch.no_grad()
+def decode_latents(model, latents: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Latents (N, c, h, w) -> uint8 images (N, C, H, W); the decoder quantises first."""
+    from pixbench.tasks.vq import to_uint8
+
+    out = [to_uint8(model.decode(latents[i:i + batch]).sample)
+           for i in range(0, latents.shape[0], batch)]
+    return torch.cat(out)
