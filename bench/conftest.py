@@ -43,10 +43,15 @@ def _marks(profile) -> list:
 
 
 def pytest_generate_tests(metafunc):
-    if "bench_case" in metafunc.fixturenames:
-        prof = _profile(metafunc.config)
-        metafunc.parametrize("bench_case", [pytest.param(c, id=c.id, marks=_marks(prof))
-                                            for c in prof.cases])
+    """bench_case: `test_workload`'s cases; gen_case: the MAE, DiT, tokenizer and FID cases
+    (plan.GEN_GROUPS), which `test_gen_workload` runs."""
+    from pixbench.bench.plan import GEN_GROUPS
+
+    for name, gen in (("bench_case", False), ("gen_case", True)):
+        if name in metafunc.fixturenames:
+            prof = _profile(metafunc.config)
+            metafunc.parametrize(name, [pytest.param(c, id=c.id, marks=_marks(prof))
+                                        for c in prof.cases if (c.group in GEN_GROUPS) == gen])
     if "peak_dtype" in metafunc.fixturenames:
         prof = _profile(metafunc.config)
         metafunc.parametrize("peak_dtype", [pytest.param(d, id=d, marks=_marks(prof))

@@ -12,7 +12,7 @@ import pytest
 from pixbench.bench import derive, targets
 from pixbench.bench.costs import PAPER_RUNS, cost_estimate
 from pixbench.bench.env import sanitize
-from pixbench.bench.plan import PROFILES, get_profile
+from pixbench.bench.plan import GEN_GROUPS, PROFILES, get_profile
 from pixbench.bench.report import rounded
 
 TOP_KEYS = {"schema", "env_name", "profile", "device", "dtypes", "complete", "duration_s",
@@ -34,12 +34,18 @@ def test_quick_suite_writes_json_summary_and_plots(tmp_path):
     assert all(r["flops_per_s"] > 0 and r["mem_workload_mb"] is not None for r in train)
     assert doc["peaks"]["fp32"]["fast_path"] and doc["peaks"]["fp32"]["flops_per_s"] > 0
     assert {t["status"] for t in doc["targets"]} <= {"PASS", "MISS", "PENDING", "N/A", "INFO"}
-    assert any(t["key"] == "fid_features" and t["status"] == "PENDING" for t in doc["targets"])
+    fid = next(t for t in doc["targets"] if t["key"] == "fid_features")
+    assert fid["status"] in ("PASS", "MISS") and "img/s (fid_features/" in fid["measured"]
+    assert doc["pending_workloads"] == {}
+    gen = [r for r in doc["results"] if r["group"] in GEN_GROUPS]
+    assert {r["workload"] for r in gen} == {"mae_encoder", "dit_train", "dit_infer",
+                                           "tokenizer_encode", "fid_features"}
+    assert all(r["status"] == "ok" and r["flops_per_s"] > 0 for r in gen)
     assert len(doc["cost_estimate"]["rows"]) == len(PAPER_RUNS)
     assert doc["cost_estimate"]["unit"] == "CPU-hours, for scale"
     assert doc["derived"]["scaling"]["tokens"] == [16, 64, 256]
     md = (tmp_path / doc["files"]["summary"]).read_text()
-    assert "## Targets" in md and "FID features" in md
+    assert "## Targets" in md and "FID features" in md and "## MAE, DiT, tokenizer" in md
     for plot in doc["files"]["plots"]:
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -103,8 +109,54 @@ def test_names_and_rounding_are_deterministic():
     assert rounded({"a": [1.234567, 2], "b": 0.000123456}) == {"a": [1.235, 2], "b": 0.0001235}
 
 
-def test_targets_not_in_profile_read_na_and_unbuilt_read_pending():
+def test_targets_not_in_profile_read_na():
     rows = {r["key"]: r for r in targets.all_targets([], {}, "cpu", {}, planned={"throughput"})}
     assert rows["memory_ratio"]["status"] == "N/A"
     assert rows["data_loading"]["status"] == "N/A"
-    assert rows["fid_features"]["status"] == "PENDING"  # no such workload registered yet
+    assert rows["fid_features"]["status"] == "N/A"  # registered, not in this profile
+
+
+def _fid_rec(items_per_s, batch=250):
+    return {"id": f"fid_features/32px1-b{batch}", "workload": "fid_features", "group": "fid",
+            "status": "ok", "params": {"image_size": 32, "batch": batch},
+            "items_per_s": items_per_s, "items_per_step": batch, "flops_per_item": 1.4e7,
+            "flops_per_s": 1.4e7 * items_per_s, "mfu": 0.2}
+
+
+def test_fid_target_takes_the_best_batch_and_judges_cpu_only():
+    recs = [_fid_rec(900.0), _fid_rec(1200.0, batch=1000)]
+    row = targets.fid(recs, "cpu", {"torch_threads": 2})[0]
+    assert row["status"] == "PASS" and row["measured"].startswith("1,200 img/s")
+    assert "b1000" in row["measured"] and "2 thread(s)" in row["measured"]
+    assert targets.fid([_fid_rec(900.0)], "cpu")[0]["status"] == "MISS"
+    assert targets.fid(recs, "cuda")[0]["status"] == "INFO"
+    assert targets.fid([], "cpu")[0]["status"] == "PENDING"
+
+
+TINY = {  # seconds-long shapes; the profiles hold the real ones
+    "mae_encoder": {"size": "xxs", "patch": 2, "image_size": 8, "in_chans": 3, "batch": 2,
+                    "dtype": "fp32"},
+    "dit_train": {"size": "xxs", "patch": 2, "latent_channels": 4, "latent_size": 4, "batch": 2,
+                  "dtype": "fp32"},
+    "dit_infer": {"size": "xxs", "patch": 1, "latent_channels": 4, "latent_size": 4, "batch": 2,
+                  "dtype": "fp32"},
+    "tokenizer_encode": {"image_size": 16, "in_chans": 1, "batch": 2},
+    "fid_features": {"image_size": 16, "batch": 4},
+}
+
+
+@pytest.mark.parametrize("workload", sorted(TINY))
+def test_gen_workloads_build_and_step_with_their_flops(workload):
+    from pixbench.bench.workloads import build
+    from pixbench.models.dit import dit_gflops_per_step
+
+    prep = build(workload, "cpu", TINY[workload])
+    prep.step()
+    prep.step()
+    p = TINY[workload]
+    assert prep.items_per_step == p["batch"] and prep.flops_per_item > 0
+    if workload.startswith("dit_"):
+        fwd = dit_gflops_per_step(p["size"], p["patch"], p["latent_size"], 4) * 1e9
+        assert prep.flops_per_item == pytest.approx((3 if workload == "dit_train" else 2) * fwd)
+    if workload == "mae_encoder":
+        assert prep.info["encoder_tokens"] == prep.info["tokens"] // 4 == 4

@@ -181,7 +181,10 @@ def gen_section(params: Params, runs: Path, out_dir: Path, rel: str) -> list[str
                   f"steps, guidance {s.cfg_scale:g}; reference: {gen.fid.reference_images or 'all'} "
                   f"{gen.fid.reference} images. GFLOPs per denoising step and image (analytic, "
                   "no guidance); sample img/s measured (guidance doubles the batch).", ""]
-        lines += dit_table(rows) + [""] + sanity_lines(params, runs, rows)
+        lines += dit_table(rows) + ["", "At a CPU budget of a few hundred steps the models are "
+                                    "far from converged (FID still falling in the curve below): "
+                                    "the ranking is of equal-budget, undertrained models.", ""]
+        lines += sanity_lines(params, runs, rows)
         lines += sample_grids(rows, fig_dir, rel, params.profile)
         name = plot_fid_curve(rows, fig_dir, params.profile)
         if name:
