@@ -7,7 +7,6 @@ Environment variables hold machine paths only; CLI flags pick a run and where it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 

@@ -123,3 +123,10 @@ def run_manifest(seed: int, device: str) -> dict:
             "host": socket.gethostname(), "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def describe_run(run_dir: Path, spec, seed: int, device: str, **extra: Any) -> None:
+    """spec.json (resolved spec + digest) and manifest.json: every run dir describes itself."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
+    atomic_write_json(run_dir / "manifest.json", {**run_manifest(seed, device), **extra})

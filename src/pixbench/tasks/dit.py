@@ -19,8 +19,8 @@ from torch import nn
 from pixbench.config import Paths
 from pixbench.errors import UserError
 from pixbench.genconfig import DitSpec
-from pixbench.runio import (CKPT_NAME, atomic_write_bytes, atomic_write_json, load_checkpoint,
-                            read_json, run_manifest, save_checkpoint)
+from pixbench.runio import (CKPT_NAME, atomic_write_bytes, atomic_write_json, describe_run,
+                            load_checkpoint, save_checkpoint)
 from pixbench.tasks.classify import lr_at, open_run_dir, param_groups, pick_device, step_seed
 from pixbench.tasks.vq import batch_indices
 
@@ -114,9 +114,7 @@ def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "aut
     cfg = spec.dit
     if latents.shape[0] < cfg.batch_size:
         raise UserError(f"dit.batch_size={cfg.batch_size} exceeds the {latents.shape[0]} latents")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
-    atomic_write_json(run_dir / "manifest.json", run_manifest(spec.seed, str(dev)))
+    describe_run(run_dir, spec, spec.seed, str(dev))
     model = build_model(spec, man["latent_shape"], man["num_classes"]).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,

@@ -20,7 +20,8 @@ from torch import nn
 from pixbench.config import Paths
 from pixbench.errors import UserError
 from pixbench.genconfig import DitEvalSpec, FidConfig, SampleConfig
-from pixbench.runio import atomic_write_bytes, atomic_write_json, load_checkpoint, read_json, run_manifest
+from pixbench.runio import (atomic_write_bytes, atomic_write_json, describe_run, load_checkpoint,
+                            read_json)
 from pixbench.tasks.classify import open_run_dir, step_seed
 
 SAMPLES_FILE = "samples.npz"
@@ -132,9 +133,7 @@ def run_eval(spec: DitEvalSpec, paths: Paths, *, stale: str = "error", device: s
     model = load_ema(paths, spec.profile, spec.dit).to(dev)
     ctx = sampling_context(paths, spec.profile, tokenizer=spec.tokenizer, featnet=spec.featnet,
                            sample=spec.sample, fid=spec.fid)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
-    atomic_write_json(run_dir / "manifest.json", run_manifest(spec.seed, str(dev)))
+    describe_run(run_dir, spec, spec.seed, str(dev))
     t0 = time.perf_counter()
     images, labels = draw_samples(model, ctx, n=spec.sample.num_samples, seed=spec.seed, device=dev)
     sample_s = time.perf_counter() - t0

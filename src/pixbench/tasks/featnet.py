@@ -13,7 +13,7 @@ import torch
 
 from pixbench.config import Paths
 from pixbench.genconfig import FeatNetSpec, FidConfig
-from pixbench.runio import atomic_write_json, read_json, run_manifest
+from pixbench.runio import atomic_write_json, describe_run, read_json
 from pixbench.tasks.classify import balanced_subset, open_run_dir, pick_device
 
 WEIGHTS_FILE = "featnet.pt"
@@ -58,9 +58,7 @@ def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = 
         return done
     dev = pick_device(device)
     ds = gen_cache(paths, spec.profile, spec.data.model_dump())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
-    atomic_write_json(run_dir / "manifest.json", run_manifest(spec.seed, str(dev)))
+    describe_run(run_dir, spec, spec.seed, str(dev))
     cfg = spec.featnet
     tr = balanced_subset(np.asarray(ds.train_labels), cfg.train_subset, len(ds.classes))
     model, m = train_featnet(np.asarray(ds.train_images)[tr], np.asarray(ds.train_labels)[tr],

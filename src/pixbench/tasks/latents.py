@@ -19,7 +19,7 @@ from pixbench.config import Paths
 from pixbench.data.cache import sha256_file
 from pixbench.errors import UserError
 from pixbench.genconfig import EncodeSpec, VQEvalSpec
-from pixbench.runio import atomic_write_bytes, atomic_write_json, read_json, run_manifest
+from pixbench.runio import atomic_write_bytes, atomic_write_json, describe_run, read_json
 from pixbench.tasks.tokenizer import WEIGHTS, decode_latents, encode_images, load_tokenizer
 from pixbench.tasks.vq import TOKENIZER_DIR, gen_cache
 
@@ -122,9 +122,7 @@ def run_eval(spec: VQEvalSpec, paths: Paths, *, stale: str = "error", device: st
     vq_spec = read_json(paths.run_dir(spec.profile, spec.tokenizer["run_id"]) / "spec.json",
                         "tokenizer spec")["spec"]
     ds = gen_cache(paths, spec.profile, vq_spec["data"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
-    atomic_write_json(run_dir / "manifest.json", run_manifest(0, "cpu"))
+    describe_run(run_dir, spec, 0, "cpu")
     n = min(spec.eval_images, ds.val_images.shape[0])
     images = np.asarray(ds.val_images[:n])
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from pixbench.errors import UserError
 from pixbench.genconfig import VQSpec
 from pixbench.models.vqgan import (PatchDiscriminator, adaptive_weight, build_vqmodel,
                                    hinge_d_loss, restart_dead_codes, vq_forward)
-from pixbench.runio import (CKPT_NAME, atomic_write_json, load_checkpoint, run_manifest,
+from pixbench.runio import (CKPT_NAME, atomic_write_json, describe_run, load_checkpoint,
                             save_checkpoint)
 from pixbench.tasks.classify import open_run_dir, pick_device, step_seed
 
@@ -182,9 +182,7 @@ def run(spec: VQSpec, paths: Paths, *, stale: str = "error", device: str = "auto
         return done
     dev = pick_device(device)
     ds = gen_cache(paths, spec.profile, spec.data.model_dump())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
-    atomic_write_json(run_dir / "manifest.json", run_manifest(spec.seed, str(dev)))
+    describe_run(run_dir, spec, spec.seed, str(dev))
     if spec.vq.pretrained is not None:
         model = import_pretrained(spec.vq.pretrained, paths, spec.vq, ds.channels)
         state = VQState()
