@@ -114,3 +114,46 @@ def test_dit_spec_rejects_bad_patch(gen_ready) -> None:
         make_dit_spec(gen_ready, size=None, patch=3, seed=0)
     with pytest.raises(UserError, match="not a DiT size"):
         make_dit_spec(gen_ready, size="huge", patch=1, seed=0)
+
+
+def test_dit_sample_cli_writes_a_grid(gen_ready, gen_project, monkeypatch, capsys) -> None:
+    from pixbench import cli
+    from pixbench.tasks import dit
+
+    dit.run(make_dit_spec(gen_ready, size=None, patch=2, seed=0), Paths(), progress=False)
+    out = gen_project.parent / "grid.png"
+    monkeypatch.setattr("sys.argv", ["pixbench", "dit", "sample", "--patch", "2", "-n", "8",
+                                     "--out", str(out), "--params", str(gen_project)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_pretrained_diffusers_tokenizer_is_imported(gen_project) -> None:
+    import yaml
+
+    from pixbench.models.vqgan import build_vqmodel
+    from pixbench.tasks import vq
+    from pixbench.tasks.tokenizer import load_tokenizer
+
+    torch.manual_seed(3)
+    src = build_vqmodel(in_channels=1, downsample=4, base_channels=8, layers_per_block=1,
+                        mid_attention=False, latent_channels=4, codebook_size=16,
+                        commitment=0.25, sample_size=16)
+    folder = gen_project.parent / "pretrained-vq"
+    src.save_pretrained(folder)
+    raw = yaml.safe_load(gen_project.read_text())
+    raw["profiles"]["tiny"]["gen"]["vq"]["pretrained"] = {"path": str(folder), "format": "diffusers"}
+    gen_project.write_text(yaml.safe_dump(raw))
+    spec = make_vq_spec(load_params(gen_project))
+    m = vq.run(spec, Paths(), progress=False)
+    assert m["pretrained"] and m["steps"] == 0
+    loaded = load_tokenizer(Paths().run_dir("tiny", spec.run_id) / "tokenizer", spec.digest())
+    for a, b in zip(src.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    raw["profiles"]["tiny"]["gen"]["vq"]["latent_channels"] = 3  # params disagree with the file
+    gen_project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="latent_channels"):
+        vq.run(make_vq_spec(load_params(gen_project)), Paths(), stale="restart", progress=False)

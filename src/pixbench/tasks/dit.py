@@ -101,7 +101,6 @@ def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "aut
         progress: bool = True) -> dict:
     """Train one (size, patch, seed) DiT cell; resumes from ckpt/last.pt; writes ema.pt."""
     from pixbench.gen.diffusion import make_train_scheduler
-    from pixbench.models.dit import dit_display_name, dit_gflops_per_step
     from pixbench.tasks.latents import load_latents
 
     run_dir = paths.run_dir(spec.profile, spec.run_id)
@@ -144,7 +143,15 @@ def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "aut
         if progress:
             print(f"{spec.run_id} step {state.step}/{cfg.steps} loss {loss:.4f}"
                   + (f" fid {row['fid_featnet']:.2f}" if "fid_featnet" in row else ""), flush=True)
+    return _finish(spec, run_dir, model, ema, man, state, dev)
+
+
+def _finish(spec: DitSpec, run_dir: Path, model: nn.Module, ema: nn.Module, man: dict,
+            state: DitState, dev: torch.device) -> dict:
+    """ema.pt (what sampling loads), curve.json and metrics.json, each written atomically."""
     import io
+
+    from pixbench.models.dit import dit_display_name, dit_gflops_per_step
 
     buf = io.BytesIO()
     torch.save({"ema": ema.state_dict(), "latent_shape": man["latent_shape"],
@@ -152,6 +159,7 @@ def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "aut
                 "spec": spec.canonical()}, buf)
     atomic_write_bytes(run_dir / EMA_FILE, buf.getvalue())
     c, h, _ = man["latent_shape"]
+    cfg = spec.dit
     metrics = {"run_id": spec.run_id, "task": "dit", "profile": spec.profile, "size": spec.size,
                "patch": spec.patch, "seed": spec.seed, "display": dit_display_name(spec.size, spec.patch),
                "tokens": (h // spec.patch) ** 2, "pos_embed": cfg.pos_embed,
