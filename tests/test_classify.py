@@ -11,7 +11,11 @@ import torch
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.errors import UserError
 from pixbench.runio import CKPT_NAME
-from pixbench.tasks import classify, loop
+from pixbench.tasks import runner
+from pixbench.data.subsets import balanced_subset
+from pixbench.tasks.classify import run as classify
+from pixbench.tasks.classify.engine import use_bf16
+from pixbench.tasks.optim import lr_at
 
 
 def _spec(params_path, patch=4, seed=0, **classify_overrides):
@@ -25,8 +29,8 @@ def _spec(params_path, patch=4, seed=0, **classify_overrides):
 
 
 def _weights(paths: Paths, spec) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(paths.run_dir(spec.profile, spec.run_id) / CKPT_NAME, weights_only=False)
-    return ckpt["model"]
+    ckpt = torch.load(paths.run_dir(spec.profile, spec.run_id) / CKPT_NAME, weights_only=True)
+    return ckpt["modules"]["model"]
 
 
 def test_run_writes_self_describing_run_dir(tiny_project):
@@ -53,7 +57,7 @@ def test_run_writes_self_describing_run_dir(tiny_project):
 def test_finished_run_is_reused_not_retrained(tiny_project, monkeypatch):
     spec = _spec(tiny_project, patch=8)
     first = classify.run(spec, Paths(), progress=False)
-    monkeypatch.setattr(loop, "train_one_epoch", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(classify, "train_one_epoch", lambda *a, **k: pytest.fail("retrained"))
     assert classify.run(spec, Paths(), progress=False) == first
 
 
@@ -66,7 +70,7 @@ def test_resume_after_kill_is_bitwise_identical(tiny_project, monkeypatch, tmp_p
     run_dir = paths.run_dir(spec.profile, spec.run_id)
     shutil.rmtree(run_dir)
 
-    real_save, saves = loop.save_checkpoint, []
+    real_save, saves = runner.save_checkpoint, []
 
     def save_then_die(path, state):
         real_save(path, state)
@@ -74,11 +78,11 @@ def test_resume_after_kill_is_bitwise_identical(tiny_project, monkeypatch, tmp_p
         if len(saves) == 5:  # mid-epoch 1 (8 steps per epoch)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         classify.run(spec, paths, progress=False)
     assert not (run_dir / "metrics.json").exists()
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(runner, "save_checkpoint", real_save)
     classify.run(spec, paths, progress=False)
     resumed = _weights(paths, spec)
     assert saves[-1] == 5
@@ -103,7 +107,7 @@ def test_foreign_checkpoint_is_one_line_error(tiny_project):
     classify.run(spec, paths, progress=False)
     run_dir = paths.run_dir(spec.profile, spec.run_id)
     (run_dir / "metrics.json").unlink()
-    ckpt = torch.load(run_dir / CKPT_NAME, weights_only=False)
+    ckpt = torch.load(run_dir / CKPT_NAME, weights_only=True)
     ckpt["spec_digest"] = "0" * 16
     torch.save(ckpt, run_dir / CKPT_NAME)
     with pytest.raises(UserError, match="checkpoint was written for another spec"):
@@ -125,7 +129,7 @@ def test_seeds_differ_and_repeat(tiny_project):
 
 def test_lr_schedule_warmup_then_cosine():
     peak = 1.0
-    lrs = [classify.lr_at(s, 100, 10, peak, 0.1) for s in range(100)]
+    lrs = [lr_at(s, 100, 10, peak, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
@@ -135,8 +139,8 @@ def test_balanced_subset_is_fixed_and_balanced():
     import numpy as np
 
     labels = np.repeat(np.arange(4), 50)
-    a = classify.balanced_subset(labels, 40, 4)
-    assert np.array_equal(a, classify.balanced_subset(labels, 40, 4))
+    a = balanced_subset(labels, 40, 4)
+    assert np.array_equal(a, balanced_subset(labels, 40, 4))
     assert np.bincount(labels[a]).tolist() == [10, 10, 10, 10]
 
 
@@ -153,8 +157,8 @@ def test_bf16_autocast_trains_like_fp32(tiny_project):
 def test_auto_precision_uses_bf16_only_where_it_pays(tiny_project):
     cfg = _spec(tiny_project).classify.model_copy(update={"precision": "auto"})
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert not classify.use_bf16(cfg, "xxs", cpu) and classify.use_bf16(cfg, "t", cpu)
-    assert classify.use_bf16(cfg, "xxs", gpu)
+    assert not use_bf16(cfg.precision, "xxs", cpu) and use_bf16(cfg.precision, "t", cpu)
+    assert use_bf16(cfg.precision, "xxs", gpu)
 
 
 @pytest.mark.gpu

@@ -35,7 +35,7 @@ def _worker(rank: int, world: int, port: int, params_path: str, env: dict) -> No
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        from pixbench.tasks import classify
+        from pixbench.tasks.classify import run as classify
 
         spec = make_classify_spec(load_params(params_path), size=None, patch=4, seed=0)
         classify.run(spec, Paths(), progress=False)
@@ -49,7 +49,7 @@ def test_two_gloo_ranks_match_one_process(tiny_project, tmp_path):
     env["PIXBENCH_RUNS_DIR"] = str(tmp_path / "runs-ddp")
     mp.spawn(_worker, args=(2, _free_port(), str(tiny_project), env), nprocs=2, join=True)
 
-    from pixbench.tasks import classify
+    from pixbench.tasks.classify import run as classify
 
     spec = make_classify_spec(load_params(tiny_project), size=None, patch=4, seed=0)
     single = classify.run(spec, Paths(), progress=False)
@@ -59,8 +59,8 @@ def test_two_gloo_ranks_match_one_process(tiny_project, tmp_path):
     ddp = json.loads((ddp_dir / "metrics.json").read_text())
     manifest = json.loads((ddp_dir / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and not (ddp_dir / "metrics.json.tmp").exists()
-    w_ddp = torch.load(ddp_dir / CKPT_NAME, weights_only=False)["model"]
-    w_one = torch.load(Paths().run_dir("tiny", spec.run_id) / CKPT_NAME, weights_only=False)["model"]
+    w_ddp = torch.load(ddp_dir / CKPT_NAME, weights_only=True)["modules"]["model"]
+    w_one = torch.load(Paths().run_dir("tiny", spec.run_id) / CKPT_NAME, weights_only=True)["modules"]["model"]
     # same global batches, same augmentation draws: only the gradient reduction order differs
     diff = max((w_ddp[k] - w_one[k]).abs().max().item() for k in w_one)
     print("max |w_ddp - w_one| =", diff)

@@ -9,7 +9,9 @@ import torch
 from pixbench.config import Paths, load_params, make_mae_spec, make_pretrain_spec
 from pixbench.errors import UserError
 from pixbench.runio import CKPT_NAME
-from pixbench.tasks import classify, loop, mae
+from pixbench.tasks import runner
+from pixbench.tasks.classify import run as classify
+from pixbench.tasks.mae import run as mae
 
 
 def _pre(params_path, patch=2, seed=0):
@@ -55,7 +57,7 @@ def test_linprobe_trains_only_the_head(tiny_project):
     classify.run(spec, Paths(), progress=False)
     encoder = torch.load(Paths().run_dir("tiny", "mae-pretrain-xxs-p4-s0") / "encoder.pt",
                          weights_only=False)["encoder"]
-    trained = torch.load(Paths().run_dir("tiny", spec.run_id) / CKPT_NAME, weights_only=False)["model"]
+    trained = torch.load(Paths().run_dir("tiny", spec.run_id) / CKPT_NAME, weights_only=True)["modules"]["model"]
     for k, v in encoder.items():
         assert torch.equal(trained[k], v), k  # frozen
     assert trained["head.weight"].abs().sum() > 0
@@ -78,11 +80,11 @@ def test_pretrain_resume_is_bitwise(tiny_project, monkeypatch):
     paths = Paths()
     mae.run(spec, paths, progress=False)
     run_dir = paths.run_dir("tiny", spec.run_id)
-    reference = torch.load(run_dir / CKPT_NAME, weights_only=False)["model"]
+    reference = torch.load(run_dir / CKPT_NAME, weights_only=True)["modules"]["model"]
     import shutil
 
     shutil.rmtree(run_dir)
-    real, saves = loop.save_checkpoint, []
+    real, saves = runner.save_checkpoint, []
 
     def save_then_die(path, state):
         real(path, state)
@@ -90,12 +92,12 @@ def test_pretrain_resume_is_bitwise(tiny_project, monkeypatch):
         if len(saves) == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         mae.run(spec, paths, progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real)
+    monkeypatch.setattr(runner, "save_checkpoint", real)
     mae.run(spec, paths, progress=False)
-    resumed = torch.load(run_dir / CKPT_NAME, weights_only=False)["model"]
+    resumed = torch.load(run_dir / CKPT_NAME, weights_only=True)["modules"]["model"]
     for k in reference:
         assert torch.equal(reference[k], resumed[k]), k
 

@@ -13,7 +13,7 @@ import yaml
 
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.runio import CKPT_NAME
-from pixbench.tasks import classify
+from pixbench.tasks.classify import run as classify
 
 CMD = [sys.executable, "-m", "pixbench.cli", "classify", "run", "--patch", "1", "--seed", "2"]
 
@@ -31,19 +31,19 @@ def test_sigkill_then_same_command_resumes_bitwise(tiny_project, tmp_path, monke
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["state"]["global_step"]
+    killed_at = torch.load(ckpt, weights_only=True)["state"]["global_step"]
     assert 0 < killed_at < 12 * 8, f"kill landed at step {killed_at}: retune the test"
     assert not ckpt.with_name("metrics.json").exists()
     assert not any(p.name.endswith(".tmp") for p in ckpt.parent.iterdir())  # nothing half-written
     subprocess.run(CMD, env=env, check=True, capture_output=True)
-    resumed = torch.load(ckpt, weights_only=False)["model"]
+    resumed = torch.load(ckpt, weights_only=True)["modules"]["model"]
 
     monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "unbroken"))
     try:
         torch.set_num_threads(1)
         spec = make_classify_spec(load_params(tiny_project), size=None, patch=1, seed=2)
         classify.run(spec, Paths(), progress=False)
-        ref = torch.load(Paths().run_dir("tiny", spec.run_id) / CKPT_NAME, weights_only=False)["model"]
+        ref = torch.load(Paths().run_dir("tiny", spec.run_id) / CKPT_NAME, weights_only=True)["modules"]["model"]
     finally:
         torch.set_num_threads(2)
     for k in ref:

@@ -79,7 +79,7 @@ def _wait_for_checkpoint(path: Path, min_step: int, timeout_s: float = 120) -> N
     while time.monotonic() < deadline:
         if path.exists():
             try:
-                if torch.load(path, weights_only=False)["state"]["global_step"] >= min_step:
+                if torch.load(path, weights_only=True)["state"]["global_step"] >= min_step:
                     return
             except Exception:  # being replaced right now
                 pass
@@ -98,7 +98,7 @@ def test_interrupted_job_requeues_and_ends_bitwise_identical(tiny_project, tmp_p
     job._interrupt()  # USR2: submitit calls checkpoint() and requeues the job
     while job.state not in ("PENDING", "REQUEUED", "COMPLETED") and time.perf_counter() - t_int < 60:
         time.sleep(0.2)
-    step_at_interrupt = torch.load(ckpt, weights_only=False)["state"]["global_step"]
+    step_at_interrupt = torch.load(ckpt, weights_only=True)["state"]["global_step"]
     assert step_at_interrupt < 25 * 8, "finished before the interrupt: make the job longer"
     _wait_for_checkpoint(ckpt, min_step=step_at_interrupt + 1)
     print(f"interrupt -> resumed training: {time.perf_counter() - t_int:.1f} s")
@@ -108,13 +108,13 @@ def test_interrupted_job_requeues_and_ends_bitwise_identical(tiny_project, tmp_p
     assert "requeu" in logs.lower()
 
     monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "runs-local"))
-    from pixbench.tasks import classify
+    from pixbench.tasks.classify import run as classify
 
     classify.run(spec, Paths(), progress=False)
     ref = torch.load(Paths().run_dir(spec.profile, spec.run_id) / CKPT_NAME, weights_only=False)
     got = torch.load(ckpt, weights_only=False)
-    for k in ref["model"]:
-        assert torch.equal(ref["model"][k], got["model"][k]), k
+    for k in ref["modules"]["model"]:
+        assert torch.equal(ref["modules"]["model"][k], got["modules"]["model"][k]), k
 
 
 def test_failing_job_reports_the_remote_error(tiny_project, tmp_path, capsys):

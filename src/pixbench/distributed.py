@@ -75,3 +75,44 @@ def distributed_from_slurm() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def shard_range(n: int) -> range:
+    """This rank's contiguous slice of n items (sampling, encoding, scoring): concatenating the
+    ranks' slices in rank order gives 0..n-1, so gathered results keep one order."""
+    per = -(-n // world_size())
+    return range(min(n, rank() * per), min(n, (rank() + 1) * per))
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows (dim 0) in rank order, on every rank.
+
+    Shards may differ in length by one (shard_range); all_gather needs equal shapes, so each
+    rank pads to the longest shard and the padding is cut off after the gather."""
+    if world_size() == 1:
+        return t
+    dev = _comm_device()
+    sizes = [torch.zeros(1, dtype=torch.long, device=dev) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([t.shape[0]], device=dev))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[:t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:int(s.item())] for o, s in zip(out, sizes)]).to(t.device)
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a per-rank scalar (each rank's loss on its shard) across ranks."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
+def _comm_device() -> torch.device:
+    """NCCL moves only CUDA tensors; gloo only CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -65,10 +65,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
+    """weights_only=True: a checkpoint handed to a user holds tensors and plain containers,
+    and one that would run code on unpickling is refused."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds on truncated or foreign files
         raise UserError(f"{path}: unreadable checkpoint ({exc.__class__.__name__})") from None
 

@@ -66,3 +66,15 @@ def vit_train_flops(shape: VitShape) -> float:
 def attention_fraction(shape: VitShape) -> float:
     """Share of forward FLOPs in QKᵀ and AV: what FlopCounterMode misses with fused attention."""
     return shape.depth * 4 * shape.tokens ** 2 * shape.dim / vit_forward_flops(shape)
+
+
+def mae_forward_flops(*, tokens: int, patch_dim: int, enc_dim: int, enc_depth: int,
+                      mlp_ratio: float, dec_dim: int, dec_depth: int, mask_ratio: float) -> float:
+    """Analytic forward FLOPs per image of MAE pre-training (He et al. 2022): the encoder sees
+    only the kept tokens, the decoder all of them. patch_dim = p*p*C (embed input, decoder
+    output)."""
+    kept = int(tokens * (1 - mask_ratio))
+    embed = 2 * tokens * patch_dim * enc_dim
+    enc = enc_depth * block_forward_flops(kept, enc_dim, mlp_ratio)
+    dec = 2 * kept * enc_dim * dec_dim + dec_depth * block_forward_flops(tokens, dec_dim, 4.0)
+    return float(embed + enc + dec + 2 * tokens * dec_dim * patch_dim)
