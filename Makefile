@@ -35,4 +35,4 @@ test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 bench: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pixbench bench --profile auto
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pixbench bench --suite auto

@@ -20,11 +20,14 @@ torch.set_num_threads(2)
 
 TINY_DATA = {"source": "fashion_mnist", "image_size": 8, "root": None, "allow_download": False}
 TINY_CLASSIFY = {
-    "pool": "avg", "drop_path": 0.1, "train_subset": None, "val_subset": None, "epochs": 2,
+    "pool": "avg", "drop_path": 0.1, "pos_embed": "learn",
+    "permutation": {"kind": "none", "swaps": 0, "distance": 1, "seed": 0},
+    "train_subset": None, "val_subset": None, "epochs": 2,
     "batch_size": 32, "eval_batch_size": 64, "label_smoothing": 0.1,
     "optim": {"lr": 0.03, "lr_ref_batch": 256, "betas": [0.9, 0.99], "weight_decay": 0.05,
               "warmup_epochs": 0.5, "min_lr_ratio": 0.0, "grad_clip": 1.0},
-    "augment": {"hflip": True, "crop_padding": 0, "rrc_scale_min": None},
+    "augment": {"hflip": True, "crop_padding": 0, "rrc_scale_min": None, "color_jitter": 0.0,
+                "grayscale_p": 0.0},
     "precision": "fp32", "checkpoint_every_s": 60.0, "curve_every_steps": 5, "throughput_steps": 1,
 }
 TINY_MAE = {
@@ -38,7 +41,8 @@ TINY_MAE = {
 TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 4, 8], "seeds": [0]},
                "mae_sweep": {"sizes": ["xxs"], "patches": [1, 2, 4], "seeds": [0],
                              "alt_target": "norm_pix", "alt_patches": [2, 4]},
-               "locality": {"variants": {"shuffle": {"permutation": {"kind": "shuffle"}},
+               "locality": {"variants": {"shuffle": {"permutation": {"kind": "shuffle", "swaps": 0,
+                                                                   "distance": 1, "seed": 0}},
                                          "no-pos": {"pos_embed": "none"}},
                             "run": ["shuffle"], "seeds": [0]},
                "profiles": {"tiny": {"data": TINY_DATA, "classify": TINY_CLASSIFY,

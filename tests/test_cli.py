@@ -1,4 +1,4 @@
-"""The CLI: lazy imports, one-line errors with exit code 2, no partial outputs."""
+"""The CLI: lazy imports, one-line errors with exit code 2, no partial outputs, one option set."""
 
 from __future__ import annotations
 
@@ -23,13 +23,30 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def _leaf_commands():
+    """(words, click command) for every runnable command of the root app."""
+    import typer
+
+    def walk(cmd, words):
+        if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*words, name])
+        else:
+            yield words, cmd
+
+    return list(walk(typer.main.get_command(cli.app), []))
+
+
+LEAVES = [" ".join(words) for words, _ in _leaf_commands()]
+HEAVY = ("torch", "timm", "dvc", "dvclive", "matplotlib", "diffusers", "torch_fidelity",
+         "submitit")
+
+
 def test_help_imports_no_heavy_modules():
     probe = ("import sys; from typer.testing import CliRunner; from pixbench.cli import app; "
-             "r = [CliRunner().invoke(app, a + ['--help']) for a in ([], ['data', 'prepare'], "
-             "['classify', 'run'], ['report'], ['bench'], ['sweep'], ['mae', 'pretrain'], "
-             "['mae', 'finetune'], ['vq', 'train'], ['vq', 'encode'], ['vq', 'eval'], "
-             "['featnet', 'train'], ['dit', 'train'], ['dit', 'eval'], ['dit', 'sample'])]; assert all(x.exit_code == 0 for x in r); "
-             "print(sorted(m for m in ('torch', 'timm', 'dvclive', 'matplotlib', 'diffusers', 'torch_fidelity') if m in sys.modules))")
+             f"r = [CliRunner().invoke(app, a.split() + ['--help']) for a in {['', *LEAVES]!r}]; "
+             "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; "
+             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -89,3 +106,71 @@ def test_debug_env_shows_traceback(tiny_project, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pixbench", "classify", "run", "--patch", "3"])
     with pytest.raises(UserError):
         cli.main()
+
+
+def test_every_command_is_registered():
+    assert sorted(LEAVES) == sorted([
+        "bench", "classify run", "data prepare", "dit eval", "dit sample", "dit train",
+        "featnet train", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
+            "report",
+        "sweep", "vq encode", "vq eval", "vq train"])
+
+
+def test_version(monkeypatch, capsys):
+    from pixbench import __version__
+
+    code, out, _ = run_cli(["--version"], monkeypatch, capsys)
+    assert code == 0 and out.strip() == f"pixbench {__version__}"
+
+
+NOUNS = sorted({w.split()[0] for w in LEAVES if " " in w})
+
+
+@pytest.mark.parametrize("words", [[], *([n] for n in NOUNS), *(w.split() for w in LEAVES)],
+                         ids=lambda w: " ".join(w) or "root")
+def test_dash_h_is_help(words, monkeypatch, capsys):
+    code, out, _ = run_cli([*words, "-h"], monkeypatch, capsys)
+    code_long, out_long, _ = run_cli([*words, "--help"], monkeypatch, capsys)
+    assert code == code_long == 0 and "Usage: pixbench" in out and out == out_long
+
+
+def test_profile_flag_is_the_params_profile_everywhere():
+    from pixbench.cli.options import ProfileOpt
+
+    help_text = ProfileOpt.__metadata__[0].help
+    with_profile = []
+    for words, cmd in _leaf_commands():
+        opts = {o: p for p in cmd.params for o in p.opts}
+        if "--profile" in opts:
+            assert opts["--profile"].help == help_text and "--params" in opts, words
+            with_profile.append(" ".join(words))
+    assert set(LEAVES) - set(with_profile) == {"bench"}  # its suite is `--suite`
+    bench = next(cmd for words, cmd in _leaf_commands() if words == ["bench"])
+    assert "--suite" in {o for p in bench.params for o in p.opts}
+
+
+@pytest.mark.parametrize("words", [w for w in LEAVES if w != "bench"])
+def test_unknown_params_profile_is_refused_by_every_command(words, tiny_project, monkeypatch,
+                                                            capsys):
+    patch = ["--patch", "2"] if words.split()[0] in ("classify", "mae", "dit") else []
+    code, _, err = run_cli([*words.split(), *patch, "--profile", "other"], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: --profile 'other' is not one of")
+    assert not (tiny_project.parent / "runs").exists()
+
+
+def test_bench_suite_reaches_the_runner(monkeypatch, capsys):
+    import pixbench.bench.cli_bench as cli_bench
+
+    seen = {}
+    monkeypatch.setattr(cli_bench, "bench_command",
+                        lambda suite, out, threads: seen.update(suite=suite, threads=threads))
+    code, _, _ = run_cli(["bench", "--suite", "quick", "--threads", "2"], monkeypatch, capsys)
+    assert code == 0 and seen == {"suite": "quick", "threads": 2}
+    code, _, err = run_cli(["bench", "--profile", "quick"], monkeypatch, capsys)
+    assert code == 2 and "--profile" in err
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "pixbench.cli", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.startswith("pixbench ")

@@ -1,4 +1,6 @@
-"""params.yaml validation: every mistake is one line naming the file and the field."""
+"""params.yaml validation: a mistake is reported on the line that names the file, under the
+dotted key of the field (all of them at once: test_params_layout.py), and no hyper-parameter has
+a default the params file cannot show."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_params
-from pixbench.config import Params, load_params, make_classify_spec, spec_diff
+from pixbench.config import Params, Profile, load_params, make_classify_spec, spec_diff
 from pixbench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +21,22 @@ def test_repo_params_validate_and_profiles_are_paper_ready():
     assert {"cifar100", "imagenet28"} <= set(params.profiles)
     assert params.profiles["cifar100"].data.image_size == 32
     assert params.profiles["imagenet28"].data.image_size == 28
+    assert params.profiles["imagenet28"].classify.epochs == 300  # its one classify override
+    assert params.profiles["imagenet28"].mae == params.profiles["cifar100"].mae  # the recipe
+
+
+def test_no_hyper_parameter_has_a_hidden_default():
+    """A default the params file cannot show is a hidden hyper-parameter (and DVC cannot track
+    it): every field of a profile is required, except the optional gen track itself."""
+    def walk(model, where):
+        for name, field in model.model_fields.items():
+            key = f"{where}.{name}"
+            if key != "profile.gen":
+                assert field.is_required(), f"{key} has a default"
+            for ann in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                if isinstance(ann, type) and issubclass(ann, Params.__mro__[1]):
+                    walk(ann, key)
+    walk(Profile, "profile")
 
 
 def test_every_field_has_a_description():
@@ -33,12 +51,13 @@ def test_every_field_has_a_description():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda p: p["profiles"]["tiny"]["classify"].update(lr=1), r"profiles.tiny.classify.lr: unknown key"),
+    (lambda p: p["profiles"]["tiny"]["classify"].pop("pos_embed"), r"profiles.tiny.classify.pos_embed: Field required"),
     (lambda p: p["profiles"]["tiny"]["classify"].update(epochs="many"), r"classify.epochs: Input should be a valid integer"),
     (lambda p: p["sweep"].update(patches=[3]), r"sweep.patches \[3\] do not divide profiles.tiny.data.image_size=8"),
     (lambda p: p.update(profile="nope"), r"profile 'nope' is not one of profiles"),
     (lambda p: p["sweep"].update(sizes=["huge"]), r"sweep.sizes \['huge'\] are not known sizes"),
 ])
-def test_bad_params_are_one_line_errors(tmp_path, tiny_params, mutate, message):
+def test_a_bad_value_is_one_line_naming_file_and_key(tmp_path, tiny_params, mutate, message):
     mutate(tiny_params)
     path = write_params(tmp_path / "params.yaml", tiny_params)
     with pytest.raises(UserError, match=message) as exc:

@@ -71,7 +71,7 @@ def test_truncated_idx_is_rejected():
 
 
 def test_prepare_resizes_and_caches(fake_fmnist, tmp_path):
-    cfg = DataConfig(source="fashion_mnist", image_size=14, allow_download=False)
+    cfg = DataConfig(source="fashion_mnist", image_size=14, root=None, allow_download=False)
     manifest = prepare(cfg, tmp_path / "cache", fake_fmnist)
     ds = load_cache(tmp_path / "cache")
     assert ds.train_images.shape == (40, 14, 14, 1) and ds.val_images.shape == (20, 14, 14, 1)
@@ -158,7 +158,9 @@ def test_augmentation_is_seeded_and_shape_preserving():
     c = augment_batch(x, cfg, torch.Generator().manual_seed(2))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert 0 <= a.min() and a.max() <= 1
-    flip_only = augment_batch(x, AugmentConfig(hflip=True), torch.Generator().manual_seed(0))
+    flip_only = augment_batch(x, AugmentConfig(hflip=True, crop_padding=0, rrc_scale_min=None,
+                                           color_jitter=0.0, grayscale_p=0.0),
+                          torch.Generator().manual_seed(0))
     flipped = [torch.equal(flip_only[i], x[i].flip(2)) for i in range(16)]
     kept = [torch.equal(flip_only[i], x[i]) for i in range(16)]
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)

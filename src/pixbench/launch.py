@@ -127,17 +127,19 @@ def wait_for(job: Any, label: str, poll_s: float = 1.0) -> Any:
 
 # task -> (module with the run function, its name, module with the spec class, its name)
 TASKS = {
+    "prepare": ("pixbench.data.prepare", "run", "pixbench.config.pipeline", "PrepareSpec"),
+    "report": ("pixbench.report", "run", "pixbench.config.pipeline", "ReportSpec"),
     "classify": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
     "mae-finetune": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
     "mae-linprobe": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
     "mae-scratch": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
     "mae-pretrain": ("pixbench.tasks.mae.run", "run", "pixbench.config", "PretrainSpec"),
-    "vq": ("pixbench.tasks.gen.vq", "run", "pixbench.genconfig", "VQSpec"),
-    "vq-encode": ("pixbench.tasks.gen.latents", "run_encode", "pixbench.genconfig", "EncodeSpec"),
-    "vq-eval": ("pixbench.tasks.gen.latents", "run_eval", "pixbench.genconfig", "VQEvalSpec"),
-    "featnet": ("pixbench.tasks.gen.featnet", "run", "pixbench.genconfig", "FeatNetSpec"),
-    "dit": ("pixbench.tasks.gen.dit", "run", "pixbench.genconfig", "DitSpec"),
-    "dit-eval": ("pixbench.tasks.gen.dit_eval", "run_eval", "pixbench.genconfig", "DitEvalSpec"),
+    "vq": ("pixbench.tasks.gen.vq", "run", "pixbench.config", "VQSpec"),
+    "vq-encode": ("pixbench.tasks.gen.latents", "run_encode", "pixbench.config", "EncodeSpec"),
+    "vq-eval": ("pixbench.tasks.gen.latents", "run_eval", "pixbench.config", "VQEvalSpec"),
+    "featnet": ("pixbench.tasks.gen.featnet", "run", "pixbench.config", "FeatNetSpec"),
+    "dit": ("pixbench.tasks.gen.dit", "run", "pixbench.config", "DitSpec"),
+    "dit-eval": ("pixbench.tasks.gen.dit_eval", "run_eval", "pixbench.config", "DitEvalSpec"),
 }
 
 

@@ -11,5 +11,5 @@ Layout (each module imports torch lazily or only where it measures):
     derive.py     MFU, memory ratios, bf16 speedups, scaling exponents, the targets table
     costs.py      device-hours to reproduce the paper's tables from measured throughput
     report.py     reports/bench/<env>.json, <env>.md and the plots
-    run.py        `run_suite(profile, out_dir)`; cli_bench.py: `bench_command` for the CLI
+    run.py        `run_suite(profile, out_dir)`; cli_bench.py: `pixbench bench --suite`
 """

@@ -1,14 +1,8 @@
-"""`pixbench bench`: run a profile, print the targets table, say where the files are.
+"""`pixbench bench`: run a benchmark suite, print the targets table, say where the files are.
 
-cli.py registers it (heavy imports stay inside):
-
-    @app.command("bench")
-    def bench(profile: str = typer.Option("auto", help="auto | quick | cpu | gpu"),
-              out: Path = typer.Option(Path("reports/bench")),
-              threads: Optional[int] = typer.Option(None, help="CPU threads (default: idle cores)")
-              ) -> None:
-        from pixbench.bench.cli_bench import bench_command
-        bench_command(profile, out, threads)
+cli/bench.py registers it (heavy imports stay inside): `pixbench bench --suite quick` calls
+`bench_command("quick", out, threads)`. A suite is one of plan.py's PROFILES; the flag is
+`--suite` because `--profile` names a profile of params.yaml in every other command.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ from pathlib import Path
 STYLE = {"PASS": "green", "MISS": "red", "PENDING": "yellow", "N/A": "dim", "INFO": "cyan"}
 
 
-def bench_command(profile: str = "auto", out_dir: Path = Path("reports/bench"),
+def bench_command(suite: str = "auto", out_dir: Path = Path("reports/bench"),
                   threads: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -27,7 +21,7 @@ def bench_command(profile: str = "auto", out_dir: Path = Path("reports/bench"),
     from pixbench.bench.run import run_suite
 
     console = Console(stderr=True)
-    path = run_suite(profile, Path(out_dir), threads=threads,
+    path = run_suite(suite, Path(out_dir), threads=threads,
                      log=lambda msg: console.print(msg, markup=False, highlight=False))
     doc = json.loads(path.read_text())
     table = Table(title=f"{doc['env_name']} ({doc['duration_s']:.0f} s)", show_lines=True)

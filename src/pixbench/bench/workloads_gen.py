@@ -1,16 +1,16 @@
 """Workloads of the pre-training and generation tracks: the MAE train step, DiT train and
 sampling steps, the VQ tokenizer's encoder and the FID feature extractor.
 
-Registered on import (workloads.py imports this module at its end). Each step mirrors its
-task's code: the MAE step is tasks/mae.py `train_one_epoch` (mask 0.75, "pix" target, AdamW
-with MAE's betas and weight decay, grad clip 1.0); the DiT train step is tasks/dit.py
+Registered on import (workloads.py imports this module). Each step mirrors its task's code:
+the MAE step is tasks/mae `train_one_epoch` (mask 0.75, "pix" target, AdamW with MAE's betas
+and weight decay, grad clip 1.0); the DiT train step is tasks/gen/dit.py
 `train_steps` (diffusion_loss on diffusers' DDPM schedule, AdamW, grad clip, EMA update); a DiT
 sampling step is one `forward_with_cfg` (the conditional and null-label halves as one doubled
 batch), as gen/diffusion.py `sample` calls it; the tokenizer step is `encode` + `quantize` as
-tasks/tokenizer.py `encode_images` runs it; FID features are FeatNet's `features_and_logits`
+tasks/gen/tokenizer.py `encode_images` runs it; FID features are FeatNet's `features_and_logits`
 on uint8 input, as the torch-fidelity extractor in eval/fidelity.py runs them.
 
-FLOPs: MAE and DiT analytic (tasks/mae.py `mae_forward_flops`, models/dit.py
+FLOPs: MAE and DiT analytic (eval/flops.py `mae_forward_flops`, models/dit.py
 `dit_gflops_per_step`, attention counted; train = 3x forward). The convolutional tokenizer and
 FeatNet: counted once at build time with torch.utils.flop_counter over one step (convolutions,
 matmuls and SDPA; elementwise ops, norms and the codebook's cdist are not counted), so their
@@ -22,10 +22,8 @@ classification ViT (`vit(..., pool="avg")`), which `vit_infer` already times.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+from pixbench.bench.registry import Prepared, attention_context, register
 from pixbench.bench.timing import sync
-from pixbench.bench.workloads import Prepared, attention_context, register
 
 MAE_MASK_RATIO = 0.75  # params.yaml mae.pretrain
 MAE_TARGET = "pix"  # the one target every patch size accepts (gray p=1 refuses norm_pix)
@@ -61,8 +59,10 @@ def mae_encoder(*, size: str, patch: int, image_size: int, in_chans: int, batch:
 
     from pixbench.eval.measure import autocast
     from pixbench.models.mae import MaskedAutoencoder
-    from pixbench.tasks.classify import param_groups
-    from pixbench.tasks.mae import mae_forward_flops
+    from pixbench.eval.flops import mae_forward_flops
+    from pixbench.models.mae import DECODER_SIZES
+    from pixbench.models.vit import SIZES
+    from pixbench.tasks.optim import param_groups
 
     torch.manual_seed(0)
     model = MaskedAutoencoder(size=size, patch=patch, image_size=image_size, in_chans=in_chans,
@@ -83,12 +83,15 @@ def mae_encoder(*, size: str, patch: int, image_size: int, in_chans: int, batch:
         opt.step()
         sync(device)
 
-    spec = SimpleNamespace(size=size, patch=patch, pretrain=SimpleNamespace(mask_ratio=mask_ratio))
     tokens = (image_size // patch) ** 2
+    enc, dec = SIZES[size], DECODER_SIZES[size]
+    flops = mae_forward_flops(tokens=tokens, patch_dim=patch ** 2 * in_chans, enc_dim=enc.dim,
+                              enc_depth=enc.depth, mlp_ratio=enc.mlp_ratio, dec_dim=dec.dim,
+                              dec_depth=dec.depth, mask_ratio=mask_ratio)
     info = {"params_m": _params_m(model), "tokens": tokens,
             "encoder_tokens": int(tokens * (1 - mask_ratio)), "mask_ratio": mask_ratio,
             "target": MAE_TARGET}
-    return Prepared(step, batch, 3 * mae_forward_flops(spec, image_size, in_chans), info)
+    return Prepared(step, batch, 3 * flops, info)
 
 
 def _dit(size, patch, latent, device):
@@ -134,8 +137,8 @@ def dit_train(*, size: str, patch: int, latent_channels: int, latent_size: int, 
 
     from pixbench.eval.measure import autocast
     from pixbench.gen.diffusion import diffusion_loss, make_train_scheduler
-    from pixbench.tasks.classify import param_groups
-    from pixbench.tasks.dit import update_ema
+    from pixbench.tasks.gen.dit import update_ema
+    from pixbench.tasks.optim import param_groups
 
     latent = (latent_channels, latent_size)
     model, info = _dit(size, patch, latent, device)

@@ -54,3 +54,12 @@ def prepare(cfg: DataConfig, out_dir: Path, data_root: Path | None) -> dict:
         splits[split] = (resize_uint8(s.images, cfg.image_size), s.labels)
     meta = {"source": cfg.source, "spec": cfg.model_dump()}
     return write_cache(out_dir, splits, list(classes), meta)
+
+
+def run(spec, paths, *, stale: str = "error", device: str = "auto", progress: bool = True) -> dict:
+    """The `prepare` task (a PrepareSpec): the cache of one track's images."""
+    out = paths.gen_cache_for(spec.profile) if spec.track == "gen" else paths.cache_for(spec.profile)
+    manifest = prepare(spec.data, out, paths.data_root)
+    return {"run_id": spec.run_id, "path": str(out), "counts": manifest["counts"],
+            "image_size": manifest["image_size"], "channels": manifest["channels"],
+            "num_classes": manifest["num_classes"]}

@@ -158,6 +158,16 @@ def classify_section(params: Params, rows: list[dict], out_dir: Path) -> list[st
         "trends, not absolute values.", ""]
 
 
+def run(spec, paths: Paths, *, stale: str = "error", device: str = "auto",
+        progress: bool = True) -> dict:
+    """The `report` task (a ReportSpec): the report of the params file and profile it names."""
+    from pixbench.config import load_params
+
+    params = load_params(spec.params_file)
+    params = params.model_copy(update={"profile": spec.profile})
+    return {"run_id": spec.run_id, "path": str(build_report(params, paths))}
+
+
 def build_report(params: Params, paths: Paths) -> Path:
     out_dir = paths.reports_dir
     rows = collect_runs(paths.runs_dir / params.profile, params)

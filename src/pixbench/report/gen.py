@@ -33,7 +33,7 @@ def _check(params: Params, path: Path, m: dict, expect: str) -> None:
 
 
 def tokenizer_section(params: Params, runs: Path, fig_dir: Path, rel: str) -> list[str]:
-    from pixbench.genconfig import make_vq_eval_spec, make_vq_spec
+    from pixbench.config import make_vq_eval_spec, make_vq_spec
     from pixbench.report.images import interleave, save_grid
 
     vq_spec, ev_spec = make_vq_spec(params), make_vq_eval_spec(params)
@@ -68,7 +68,7 @@ def tokenizer_section(params: Params, runs: Path, fig_dir: Path, rel: str) -> li
 
 
 def collect_dit(params: Params, runs: Path) -> list[dict]:
-    from pixbench.genconfig import make_dit_eval_spec
+    from pixbench.config import make_dit_eval_spec
 
     rows = []
     sw = params.gen_sweep
@@ -111,7 +111,7 @@ def dit_table(rows: list[dict]) -> list[str]:
 
 
 def sanity_lines(params: Params, runs: Path, rows: list[dict]) -> list[str]:
-    from pixbench.genconfig import make_vq_eval_spec
+    from pixbench.config import make_vq_eval_spec
 
     ev = _load(runs / make_vq_eval_spec(params).run_id / "metrics.json")
     if ev is None or not rows:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pixbench import distributed
+from pixbench.config.schema import spec_diff
 from pixbench.errors import UserError
 from pixbench.runio import (CKPT_NAME, atomic_write_bytes, atomic_write_json, load_checkpoint,
                             read_json, run_manifest, save_checkpoint)
@@ -81,18 +82,6 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two canonical specs."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += spec_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
 def finished_metrics(run_dir: Path, spec, stale: str) -> dict | None:
     """Check an existing run dir against the spec: its metrics when finished with this spec;
     None when there is nothing (left) to reuse. Another spec's run dir is an error naming the
@@ -139,7 +128,10 @@ class Run:
         done = finished_metrics(run_dir, spec, stale) if distributed.is_main() else None
         distributed.barrier()  # rank 0 may have discarded a stale dir
         if done is not None or (run_dir / METRICS).exists():
-            return done or read_json(run_dir / METRICS, "metrics")
+            done = done or read_json(run_dir / METRICS, "metrics")
+            if distributed.is_main():  # DVC removed its copies before re-running the stage
+                publish(paths, spec, done, run_dir / "curve.json")
+            return done
         return cls(spec, paths, pick_device(device), checkpoint_every_s)
 
     @property
@@ -225,14 +217,40 @@ class Run:
         if self.is_main:
             save_checkpoint(self.dir / name, obj)
 
-    def finish(self, metrics: dict, **json_files: Any) -> dict:
+    def finish(self, metrics: dict, *, curve: list[dict] | None = None,
+               **json_files: Any) -> dict:
         """Write result files, then metrics.json last (it marks the run finished); every rank
         returns the metrics."""
+        if curve is not None:
+            json_files["curve"] = curve
         for name, obj in json_files.items():
             self.write_json(f"{name}.json", obj)
+        if self.is_main:
+            publish(self.paths, self.spec, metrics, self.dir / "curve.json")
         self.write_json(METRICS, metrics)
         distributed.barrier()
         return metrics
+
+
+def dvc_file(paths, kind: str, profile: str, run_id: str) -> Path:
+    """reports/{metrics,curves}/<profile>/<run_id>.json: one place for the DVC-facing names."""
+    return Path(paths.reports_dir) / kind / profile / f"{run_id}.json"
+
+
+def publish(paths, spec, metrics: dict, curve_path: Path) -> None:
+    """The DVC-facing copies of a run's results, beside its run dir: the numeric metrics and
+    the learning curve, which each stage declares as `metrics:` and `plots:` (cache: false),
+    so `dvc metrics show/diff`, `dvc plots` and `dvc exp show` list them per cell."""
+    atomic_write_json(dvc_file(paths, "metrics", spec.profile, spec.run_id), headline(metrics))
+    if curve_path.exists():
+        atomic_write_json(dvc_file(paths, "curves", spec.profile, spec.run_id),
+                          read_json(curve_path, "curve"))
+
+
+def headline(metrics: dict) -> dict:
+    """The numbers of a metrics dict (no identifiers, no flags): what `dvc metrics` shows."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _unwrap(obj: Any) -> Any:

@@ -1,0 +1,5 @@
+"""`python -m pixbench.cli`."""
+
+from pixbench.cli import main
+
+main()

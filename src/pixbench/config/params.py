@@ -1,0 +1,114 @@
+"""The resolved params: what params.yaml means once each profile's overrides are merged onto the
+recipes (load.py does that). Every profile here is complete, so the rest of pixbench never sees
+recipes or overrides.
+
+`profile` is the one switch between the CPU default and the paper recipes; `sweep` and the
+other *_sweep sections list the cells of the DVC matrices.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pixbench.config.classify import ClassifyConfig, MaeConfig, PermutationConfig
+from pixbench.config.gen import GenConfig, GenSweep, gen_problems
+from pixbench.config.schema import DataConfig, Strict
+
+
+class Profile(Strict):
+    data: DataConfig = Field(description="Where the images come from and their stored size.")
+    classify: ClassifyConfig = Field(description="The classification recipe, shared by "
+                                     "every patch size.")
+    mae: MaeConfig = Field(description="The MAE track's recipes, shared by every patch size.")
+    gen: GenConfig | None = Field(None, description="The generation track (tokenizer, FID "
+                                  "classifier, DiT, sampling, metrics), or null: a profile "
+                                  "without a generation track.")
+
+
+class Sweep(Strict):
+    sizes: list[str] = Field(min_length=1, description="Model size keys of the DVC matrix "
+                             "(xxs, xs, m, t, s, b, l); the first is `--size`'s default.")
+    patches: list[int] = Field(min_length=1, description="Patch sizes of the DVC matrix "
+                               "(1 = pixel tokens).")
+    seeds: list[int] = Field(min_length=1, description="Seeds of the DVC matrix.")
+
+
+class Variant(Strict):
+    """A locality ablation: it states only the classify fields it replaces (null: kept)."""
+
+    pos_embed: Literal["learn", "sincos", "none"] | None = Field(None, description="Override "
+                                                                "of classify.pos_embed.")
+    permutation: PermutationConfig | None = Field(None, description="Override of "
+                                                  "classify.permutation.")
+
+
+class Locality(Strict):
+    variants: dict[str, Variant] = Field(description="Named locality ablations: overrides of "
+                                         "the classify recipe; nothing else changes.")
+    run: list[str] = Field(description="Variants the DVC locality matrix runs (x sweep sizes "
+                           "x sweep patches x locality seeds).")
+    seeds: list[int] = Field(min_length=1, description="Seeds of the locality matrix.")
+
+
+class MaeSweep(Sweep):
+    alt_target: Literal["pix", "norm_pix"] | None = Field(description="A second "
+                                                          "reconstruction target to compare, "
+                                                          "run on alt_patches, or null.")
+    alt_patches: list[int] = Field(description="Patch sizes for alt_target (norm_pix is "
+                                   "undefined at p=1 on gray data).")
+
+
+class Params(Strict):
+    profile: str = Field(description="The active profile: the one switch between the CPU "
+                         "default and the paper recipes.")
+    sweep: Sweep = Field(description="Cells of the DVC matrix (sizes x patch sizes x seeds).")
+    mae_sweep: MaeSweep = Field(description="Cells of the MAE track's DVC matrices.")
+    profiles: dict[str, Profile] = Field(description="Named data + recipe presets, resolved "
+                                         "(recipes with each profile's overrides merged in).")
+    locality: Locality = Field(description="Locality ablations (pixel permutation, position "
+                               "embeddings).")
+    gen_sweep: GenSweep | None = Field(None, description="Cells of the generation track's DVC "
+                                       "matrices (DiT sizes x latent patch sizes x seeds), or "
+                                       "null when no profile has a gen track.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        problems = cross_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))  # load.py reports each line as one problem
+        return self
+
+    @property
+    def active(self) -> Profile:
+        return self.profiles[self.profile]
+
+
+def cross_problems(params: Params) -> list[str]:
+    """Checks across sections (the active profile against the sweeps), every one at once."""
+    if params.profile not in params.profiles:
+        return [f"profile {params.profile!r} is not one of profiles: "
+                f"{', '.join(params.profiles)}"]
+    from pixbench.models.vit import SIZES
+
+    out = []
+    unknown = [s for s in params.sweep.sizes if s not in SIZES]
+    if unknown:
+        out.append(f"sweep.sizes {unknown} are not known sizes ({', '.join(SIZES)})")
+    missing = [v for v in params.locality.run if v not in params.locality.variants]
+    if missing:
+        out.append(f"locality.run {missing} are not in locality.variants")
+    size = params.active.data.image_size
+    for name, sw in (("sweep", params.sweep), ("mae_sweep", params.mae_sweep)):
+        bad = [p for p in sw.patches if p < 1 or size % p]
+        if bad:
+            out.append(f"{name}.patches {bad} do not divide profiles.{params.profile}"
+                       f".data.image_size={size}")
+    one = [p for p in params.mae_sweep.patches if p >= 1 and size // p < 2]
+    if one:
+        out.append(f"mae_sweep.patches {one} leave a single token: nothing to mask")
+    gen = params.active.gen
+    if gen is not None:
+        out += gen_problems(gen, params.gen_sweep, f"profiles.{params.profile}.gen")
+    return out

@@ -1,0 +1,92 @@
+"""dvc.yaml tracks everything: every stage declares every pixbench module its command can
+import (derived here, not listed by hand), and the metrics and plots DVC shows.
+
+The modules a stage reads: its command is run through the real CLI with `launch` stubbed, which
+names the task; the task's run module and its spec's module are the roots; every `import` in
+them (module level or lazy, inside functions) is followed through src/pixbench. The CLI and the
+launcher only choose which run to start (the spec digest guards the run itself), so they are
+not roots."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from importgraph import ROOT, closure
+
+def missing_deps(files: set[Path], deps: list[str]) -> list[str]:
+    """Files not covered by a declared dep (the file itself or a folder above it)."""
+    dep_paths = [Path(d) for d in deps]
+    return sorted(str(f) for f in files if not any(f == d or d in f.parents for d in dep_paths))
+
+
+def task_of(cmd: str, monkeypatch) -> str:
+    """The task a stage's command launches: run the real CLI with `launch` stubbed."""
+    from typer.testing import CliRunner
+
+    import pixbench.launch
+    from pixbench.cli import app
+
+    seen = []
+
+    def fake_launch(task, spec, paths, **kw):
+        seen.append(task)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pixbench.launch, "launch", fake_launch)
+    args = shlex.split(cmd)
+    assert args[0] == "pixbench", cmd
+    result = CliRunner().invoke(app, args[1:])
+    assert seen, f"{cmd!r} launched no task: {result.output} {result.exception!r}"
+    return seen[0]
+
+
+def stages():
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return [(s.addressing, s.cmd, [str(d.def_path) for d in s.deps],
+                 [str(o.def_path) for o in s.outs if o.metric],
+                 [str(o.def_path) for o in s.outs if o.plot]) for s in repo.index.stages]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return stages()
+
+
+def test_every_stage_declares_every_module_it_reads(pipeline, monkeypatch):
+    from pixbench.launch import TASKS
+
+    monkeypatch.chdir(ROOT)
+    problems, by_task = [], {}
+    for name, cmd, deps, _, _ in pipeline:
+        task = task_of(cmd, monkeypatch)
+        if task not in by_task:
+            run_module, _, spec_module, _ = TASKS[task]
+            by_task[task] = closure({run_module, spec_module})
+        problems += [f"{name}: {f}" for f in missing_deps(by_task[task], deps)]
+    assert not problems, "dvc.yaml misses deps:\n" + "\n".join(problems)
+
+
+def test_the_check_fails_when_a_dep_is_removed(pipeline, monkeypatch):
+    from pixbench.launch import TASKS
+
+    monkeypatch.chdir(ROOT)
+    name, cmd, deps, _, _ = next(s for s in pipeline if s[0].startswith("classify"))
+    run_module, _, spec_module, _ = TASKS[task_of(cmd, monkeypatch)]
+    files = closure({run_module, spec_module})
+    assert Path("src/pixbench/tasks/runner.py") in files
+    assert Path("src/pixbench/eval/flops.py") in files
+    assert not missing_deps(files, deps)
+    for removed in deps:
+        if removed.startswith("src/"):
+            assert missing_deps(files, [d for d in deps if d != removed]), removed
+
+
+def test_every_cell_declares_its_metrics(pipeline):
+    cells = [s for s in pipeline if s[0].split("@")[0] not in ("prepare", "prepare-gen", "report")]
+    assert cells
+    for name, _, _, metrics, _ in cells:
+        assert len(metrics) == 1 and metrics[0].startswith("reports/metrics/"), name
