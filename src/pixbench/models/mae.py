@@ -143,13 +143,16 @@ class MaskedAutoencoder(nn.Module):
         return x.reshape(n, c, h * p, w * p)  # (N, C, H, W)
 
     def random_masking(self, x: torch.Tensor, mask_ratio: float,
-                       generator: torch.Generator | None = None
+                       generator: torch.Generator | None = None,
+                       noise: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample uniform masking by argsort of noise (MAE). Returns the kept tokens, the mask
         (N, L) with 0 keep / 1 remove, and ids_restore that undoes the shuffle.
 
         `generator` (on x's device) makes the masks reproducible by seed; each sample still draws
-        its own noise row, so masks differ across the batch."""
+        its own noise row, so masks differ across the batch. `noise` (N, L), when given, is that
+        noise drawn by the caller: data-parallel training draws it for the global batch and
+        keeps its shard, so N ranks mask exactly as one process does."""
         n, num_tokens, dim = x.shape  # (N, L, D)
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -157,7 +160,8 @@ class MaskedAutoencoder(nn.Module):
         if len_keep < 1:
             raise ValueError(f"mask_ratio {mask_ratio} keeps no token of {num_tokens}")
 
-        noise = torch.rand(n, num_tokens, device=x.device, generator=generator)  # (N, L)
+        if noise is None:
+            noise = torch.rand(n, num_tokens, device=x.device, generator=generator)  # (N, L)
         ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (N, L)
         ids_keep = ids_shuffle[:, :len_keep]  # (N, L_keep)
@@ -169,13 +173,14 @@ class MaskedAutoencoder(nn.Module):
         return x_kept, mask, ids_restore
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float,
-                        generator: torch.Generator | None = None
+                        generator: torch.Generator | None = None,
+                        noise: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         enc = self.encoder
         x = enc.patch_embed(imgs)  # (N, L, D)
         # Position before masking, so each kept token carries where it came from (MAE).
         x = x + enc.pos_embed  # (N, L, D)
-        x, mask, ids_restore = self.random_masking(x, mask_ratio, generator)  # (N, L_keep, D)
+        x, mask, ids_restore = self.random_masking(x, mask_ratio, generator, noise)  # (N, L_keep, D)
         # Same modules, same order as the classifier's forward_features (all but blocks are
         # Identity / p=0 Dropout in this config; kept so the two paths cannot drift).
         x = enc.pos_drop(x)
@@ -214,8 +219,8 @@ class MaskedAutoencoder(nn.Module):
         return (loss * mask).sum() / mask.sum().clamp_min(1)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75,
-                generator: torch.Generator | None = None
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator, noise)
         pred = self.forward_decoder(latent, ids_restore)  # (N, L, p*p*C)
         return self.forward_loss(imgs, pred, mask), pred, mask

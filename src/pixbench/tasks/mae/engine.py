@@ -14,7 +14,7 @@ from pixbench.eval.measure import autocast
 from pixbench.models.mae import MaskedAutoencoder
 from pixbench.tasks.optim import clip_and_step, lr_at, peak_lr, set_lr
 from pixbench.tasks.runner import State
-from pixbench.tasks.seeds import epoch_order, generator, step_seed
+from pixbench.tasks.seeds import epoch_order, generator
 
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
@@ -25,17 +25,21 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.
     total, warmup = steps_per_epoch * cfg.epochs, round(cfg.optim.warmup_epochs * steps_per_epoch)
     peak = peak_lr(cfg.optim, cfg.batch_size)
     order = epoch_order(images.shape[0], seed, state.epoch)
+    tokens = (images.shape[1] // distributed.unwrap(model).patch) ** 2
     model.train()
     while state.epoch_step < steps_per_epoch:
         t0 = time.perf_counter()
         idx = order[state.epoch_step * cfg.batch_size:(state.epoch_step + 1) * cfg.batch_size]
-        x = normalize(images[idx], mean, std, cfg.augment, generator(seed, state.global_step))
-        x = x[distributed.shard(torch.arange(x.shape[0]))].to(device)  # (B/W, C, H, W)
-        mask_gen = torch.Generator(device=device).manual_seed(
-            step_seed(seed, state.global_step) + 2 + 7_777 * distributed.rank())
+        gen = generator(seed, state.global_step)
+        x = normalize(images[idx], mean, std, cfg.augment, gen)  # (B, C, H, W)
+        # masking noise for the whole global batch from the same generator, then this rank's
+        # shard: N ranks mask exactly as one process does
+        noise = torch.rand(x.shape[0], tokens, generator=gen)  # (B, L)
+        mine = distributed.shard(torch.arange(x.shape[0]))
+        x, noise = x[mine].to(device), noise[mine].to(device)  # (B/W, C, H, W), (B/W, L)
         set_lr(opt, lr_at(state.global_step, total, warmup, peak, cfg.optim.min_lr_ratio))
         with autocast(device, bf16):
-            loss, _, _ = model(x, mask_ratio=cfg.mask_ratio, generator=mask_gen)
+            loss, _, _ = model(x, mask_ratio=cfg.mask_ratio, noise=noise)
         clip_and_step(model, opt, loss, cfg.optim.grad_clip)
         state.add_loss(loss.item())
         state.epoch_step, state.global_step = state.epoch_step + 1, state.global_step + 1
