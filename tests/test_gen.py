@@ -1,24 +1,74 @@
 """The generation track end to end at test scale: FID classifier, tokenizer, DiT training
-(with the FID-vs-step probe), resume, seeded sampling, metrics with their suffixes."""
+(with the FID-vs-step probe), kill + resume of every training task, seeded sampling, metrics
+with their suffixes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from pixbench.config import Paths, load_params
+from pixbench.config import (Paths, load_params, make_dit_eval_spec, make_dit_spec,
+                             make_encode_spec, make_featnet_spec, make_vq_eval_spec, make_vq_spec)
 from pixbench.errors import UserError
-from pixbench.genconfig import (make_dit_eval_spec, make_dit_spec, make_encode_spec,
-                                make_featnet_spec, make_vq_eval_spec, make_vq_spec)
+
+TIME_KEYS = {"train_s", "wall_s", "train_img_per_s", "train_time_s", "encode_s"}
+
+
+@contextlib.contextmanager
+def kill_after(monkeypatch, step: int):
+    """A context in which a run is killed right after its checkpoint at `step`: Run.tick saves
+    and raises, as SIGKILL after a checkpoint would leave the run dir."""
+    from pixbench.tasks.runner import Run
+
+    real = Run.tick
+
+    def tick(self, state):
+        if state.global_step == step:
+            self.save(state)
+            raise KeyboardInterrupt
+        real(self, state)
+
+    with monkeypatch.context() as m:
+        m.setattr(Run, "tick", tick)
+        yield
+
+
+def untimed(obj):
+    """A metrics dict or curve without its wall-clock fields (the only ones a resume changes)."""
+    if isinstance(obj, list):
+        return [untimed(o) for o in obj]
+    return {k: v for k, v in obj.items() if k not in TIME_KEYS}
+
+
+def killed_and_resumed(monkeypatch, run, spec, paths, step: int) -> tuple[dict, dict]:
+    """(uninterrupted metrics, resumed metrics): run, drop the run dir, run again killed after
+    the checkpoint at `step`, then resume with a fresh call. The uninterrupted run dir is kept
+    as `<run dir>.full` for weight comparisons."""
+    import shutil
+
+    run_dir = paths.run_dir(spec.profile, spec.run_id)
+    full = run(spec, paths, progress=False)
+    shutil.rmtree(run_dir.with_name(run_dir.name + ".full"), ignore_errors=True)
+    run_dir.rename(run_dir.with_name(run_dir.name + ".full"))
+    with kill_after(monkeypatch, step), pytest.raises(KeyboardInterrupt):
+        run(spec, paths, progress=False)
+    assert (run_dir / "ckpt" / "last.pt").exists() and not (run_dir / "metrics.json").exists()
+    resumed = run(spec, paths, progress=False)
+    curves = [json.loads((d / "curve.json").read_text())
+              for d in (run_dir.with_name(run_dir.name + ".full"), run_dir)]
+    assert untimed(curves[0]) == untimed(curves[1])
+    assert untimed(full) == untimed(resumed)
+    return full, resumed
 
 
 @pytest.fixture
 def gen_ready(gen_project):
     """Tokenizer, latents and FID classifier trained on the tiny gen cache."""
-    from pixbench.tasks import featnet, latents, vq
+    from pixbench.tasks.gen import featnet, latents, vq
 
     params = load_params(gen_project)
     paths = Paths()
@@ -29,7 +79,7 @@ def gen_ready(gen_project):
 
 
 def test_vq_eval_reports_reconstruction_and_sanity(gen_ready) -> None:
-    from pixbench.tasks.latents import run_eval
+    from pixbench.tasks.gen.latents import run_eval
 
     m = run_eval(make_vq_eval_spec(gen_ready), Paths(), progress=False)
     assert 0 < m["psnr"] < 100 and 0 <= m["l1"] <= 2
@@ -41,7 +91,7 @@ def test_vq_eval_reports_reconstruction_and_sanity(gen_ready) -> None:
 
 
 def test_dit_train_eval_and_seeded_sampling(gen_ready) -> None:
-    from pixbench.tasks import dit, dit_eval
+    from pixbench.tasks.gen import dit, dit_eval, sampling
 
     paths = Paths()
     spec = make_dit_spec(gen_ready, size=None, patch=1, seed=0)
@@ -59,50 +109,88 @@ def test_dit_train_eval_and_seeded_sampling(gen_ready) -> None:
     assert samples["images"].shape == (32, 1, 16, 16) and samples["images"].dtype == np.uint8
     # sampling is a function of the seed
     fs = make_featnet_spec(gen_ready)
-    ctx = dit_eval.sampling_context(paths, "tiny", tokenizer=spec.tokenizer,
+    ctx = sampling.sampling_context(paths, "tiny", tokenizer=spec.tokenizer,
                                     featnet={"run_id": fs.run_id, "digest": fs.digest()},
                                     sample=gen_ready.active.gen.sample, fid=gen_ready.active.gen.fid)
-    model = dit_eval.load_ema(paths, "tiny", {"run_id": spec.run_id, "digest": spec.digest()})
-    a, _ = dit_eval.draw_samples(model, ctx, n=8, seed=3)
-    b, _ = dit_eval.draw_samples(model, ctx, n=8, seed=3)
-    c, _ = dit_eval.draw_samples(model, ctx, n=8, seed=4)
+    model = sampling.load_ema(paths, "tiny", {"run_id": spec.run_id, "digest": spec.digest()})
+    a, _ = sampling.draw_samples(model, ctx, n=8, seed=3)
+    b, _ = sampling.draw_samples(model, ctx, n=8, seed=3)
+    c, _ = sampling.draw_samples(model, ctx, n=8, seed=4)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    # chunk b's noise is (seed, b): the eval's first chunk (16 of 32, seed 0) is a 16-sample draw
+    first, _ = sampling.draw_samples(model, ctx, n=16, seed=0)
+    assert torch.equal(first, torch.from_numpy(samples["images"][:16]))
 
 
 def test_dit_resume_ends_where_an_uninterrupted_run_does(gen_ready, monkeypatch) -> None:
-    from pixbench.tasks import dit
+    """Killed mid-interval (step 4 of 6, curve points at 3 and 6): the loss sums of steps 4..6
+    come back from the checkpoint, so train_loss, the curve and the weights are identical."""
+    from pixbench.tasks.gen import dit
 
     paths = Paths()
     spec = make_dit_spec(gen_ready, size=None, patch=2, seed=0)
-    dit.run(spec, paths, progress=False)
-    full = torch.load(paths.run_dir("tiny", spec.run_id) / "ema.pt", weights_only=False)["ema"]
-    # kill after the first curve point (step 3): keep the checkpoint, drop the finished files
-    import shutil
-
+    killed_and_resumed(monkeypatch, dit.run, spec, paths, step=4)
     run_dir = paths.run_dir("tiny", spec.run_id)
-    shutil.rmtree(run_dir)
-    calls = {"n": 0}
-    real = dit.train_steps
+    for name in ("ema.pt", "ckpt/last.pt"):
+        full = torch.load(run_dir.with_name(run_dir.name + ".full") / name, weights_only=True)
+        resumed = torch.load(run_dir / name, weights_only=True)
+        for a, b in zip(_tensors(full), _tensors(resumed)):
+            assert torch.equal(a, b)
 
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(dit, "train_steps", dying)
-    with pytest.raises(KeyboardInterrupt):
-        dit.run(spec, paths, progress=False)
-    assert (run_dir / "ckpt" / "last.pt").exists() and not (run_dir / "metrics.json").exists()
-    monkeypatch.setattr(dit, "train_steps", real)
-    dit.run(spec, paths, progress=False)
-    resumed = torch.load(run_dir / "ema.pt", weights_only=False)["ema"]
-    for k in full:
-        assert torch.equal(full[k], resumed[k]), k
+def test_vq_resume_is_bitwise(gen_project, monkeypatch) -> None:
+    """Killed at step 5 of 8: the curve window (steps 1-5), restart count and code ages come
+    back, so the tokenizer, the discriminator, the curve and final_l1 are identical."""
+    from pixbench.tasks.gen import vq
+
+    paths = Paths()
+    spec = make_vq_spec(load_params(gen_project))
+    full, _ = killed_and_resumed(monkeypatch, vq.run, spec, paths, step=5)
+    assert full["steps"] == 8 and full["code_restarts"] > 0  # restarts are exercised
+    run_dir = paths.run_dir("tiny", spec.run_id)
+    weights = "tokenizer/diffusion_pytorch_model.safetensors"
+    full_dir = run_dir.with_name(run_dir.name + ".full")
+    assert (run_dir / weights).read_bytes() == (full_dir / weights).read_bytes()
+    a, b = (torch.load(d / "ckpt/last.pt", weights_only=True)
+            for d in (run_dir.with_name(run_dir.name + ".full"), run_dir))
+    for x, y in zip(_tensors(a), _tensors(b)):
+        assert torch.equal(x, y)
+
+
+def test_featnet_resume_mid_epoch_is_bitwise(gen_project, monkeypatch) -> None:
+    """2 epochs of 4 steps, killed at step 6 (epoch 2, step 2): the epoch's batch order is
+    replayed from the seed, so weights, curve and val_top1 are identical."""
+    import yaml
+
+    from pixbench.tasks.gen import featnet
+
+    raw = yaml.safe_load(gen_project.read_text())
+    raw["profiles"]["tiny"]["gen"]["featnet"]["epochs"] = 2
+    gen_project.write_text(yaml.safe_dump(raw))
+    paths = Paths()
+    spec = make_featnet_spec(load_params(gen_project))
+    full, _ = killed_and_resumed(monkeypatch, featnet.run, spec, paths, step=6)
+    assert full["steps"] == 8
+    run_dir = paths.run_dir("tiny", spec.run_id)
+    a, b = (torch.load(d / featnet.WEIGHTS_FILE, weights_only=True)["state_dict"]
+            for d in (run_dir.with_name(run_dir.name + ".full"), run_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _tensors(obj):
+    """Every tensor in a nested checkpoint, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            yield from _tensors(obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def test_dit_eval_without_training_is_a_clear_error(gen_ready) -> None:
-    from pixbench.tasks import dit_eval
+    from pixbench.tasks.gen import dit_eval
 
     with pytest.raises(UserError, match="ema.pt not found"):
         dit_eval.run_eval(make_dit_eval_spec(gen_ready, size=None, patch=1, seed=0), Paths(),
@@ -118,7 +206,7 @@ def test_dit_spec_rejects_bad_patch(gen_ready) -> None:
 
 def test_dit_sample_cli_writes_a_grid(gen_ready, gen_project, monkeypatch, capsys) -> None:
     from pixbench import cli
-    from pixbench.tasks import dit
+    from pixbench.tasks.gen import dit
 
     dit.run(make_dit_spec(gen_ready, size=None, patch=2, seed=0), Paths(), progress=False)
     out = gen_project.parent / "grid.png"
@@ -135,8 +223,8 @@ def test_pretrained_diffusers_tokenizer_is_imported(gen_project) -> None:
     import yaml
 
     from pixbench.models.vqgan import build_vqmodel
-    from pixbench.tasks import vq
-    from pixbench.tasks.tokenizer import load_tokenizer
+    from pixbench.tasks.gen import vq
+    from pixbench.tasks.gen.tokenizer import load_tokenizer
 
     torch.manual_seed(3)
     src = build_vqmodel(in_channels=1, downsample=4, base_channels=8, layers_per_block=1,

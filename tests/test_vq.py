@@ -1,5 +1,6 @@
 """The VQGAN tokenizer: shapes, straight-through gradients, dead-code restarts, the saved
-folder reproducing the cached latents bit for bit, and one-line errors for bad files."""
+folder reproducing the cached latents bit for bit, and one-line errors for bad files (kill +
+resume of `vq train` is in test_gen.py, with the other training tasks')."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pixbench.config import Paths, load_params
+from pixbench.config import Paths, load_params, make_encode_spec, make_vq_spec
 from pixbench.errors import UserError
-from pixbench.genconfig import make_encode_spec, make_vq_spec
 from pixbench.models.vqgan import build_vqmodel, code_stats, restart_dead_codes, vq_forward
 
 
@@ -78,7 +78,7 @@ def test_code_stats() -> None:
 
 
 def _train_and_encode(params_path):
-    from pixbench.tasks import latents, vq
+    from pixbench.tasks.gen import latents, vq
 
     params = load_params(params_path)
     spec = make_vq_spec(params)
@@ -88,9 +88,9 @@ def _train_and_encode(params_path):
 
 
 def test_train_encode_and_reload_bit_for_bit(gen_project) -> None:
-    from pixbench.tasks.latents import latents_dir, load_latents
-    from pixbench.tasks.tokenizer import encode_images, load_tokenizer
-    from pixbench.tasks.vq import gen_cache
+    from pixbench.tasks.gen.data import gen_cache
+    from pixbench.tasks.gen.latents import latents_dir, load_latents
+    from pixbench.tasks.gen.tokenizer import encode_images, load_tokenizer
 
     spec, metrics, man = _train_and_encode(gen_project)
     assert metrics["steps"] == 8 and metrics["latent_side"] == 4
@@ -105,34 +105,8 @@ def test_train_encode_and_reload_bit_for_bit(gen_project) -> None:
     assert labels.shape[0] == lat.shape[0]
 
 
-def test_resume_is_bitwise(gen_project, monkeypatch) -> None:
-    from pixbench.tasks import vq
-
-    spec = make_vq_spec(load_params(gen_project))
-    paths = Paths()
-    full = vq.build_trainer(spec, 1, torch.device("cpu"))
-    ds = vq.gen_cache(paths, "tiny", spec.data.model_dump())
-    images = np.asarray(ds.train_images)
-    ckpt = paths.run_dir("tiny", spec.run_id) / "ckpt" / "last.pt"
-    vq.train(full, images, vq.VQState(), ckpt, torch.device("cpu"), progress=False)
-    short = spec.model_copy(update={"vq": spec.vq.model_copy(update={"steps": 5})})
-    part = vq.build_trainer(short, 1, torch.device("cpu"))
-    part.spec = short
-    vq.train(part, images, vq.VQState(), ckpt, torch.device("cpu"), progress=False)
-    resumed = vq.build_trainer(spec, 1, torch.device("cpu"))
-    state = torch.load(ckpt, weights_only=False)["state"]
-    resumed.model.load_state_dict(part.model.state_dict())
-    resumed.disc.load_state_dict(part.disc.state_dict())
-    resumed.opt_g.load_state_dict(part.opt_g.state_dict())
-    resumed.opt_d.load_state_dict(part.opt_d.state_dict())
-    resumed.last_used.copy_(part.last_used)
-    vq.train(resumed, images, vq.VQState(**state), ckpt, torch.device("cpu"), progress=False)
-    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b)
-
-
 def test_corrupt_and_mismatched_tokenizer_files(gen_project) -> None:
-    from pixbench.tasks.tokenizer import WEIGHTS, load_tokenizer
+    from pixbench.tasks.gen.tokenizer import WEIGHTS, load_tokenizer
 
     spec, _, _ = _train_and_encode(gen_project)
     folder = Paths().run_dir("tiny", spec.run_id) / "tokenizer"

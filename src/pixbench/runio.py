@@ -120,7 +120,7 @@ def versions() -> dict:
             "timm": timm.__version__, "numpy": numpy.__version__, "pixbench": pixbench.__version__}
 
 
-def run_manifest(seed: int, device: str) -> dict:
+def run_manifest(seed: int | None, device: str) -> dict:
     return {**git_state(), "versions": versions(), **device_info(device), "seed": seed,
             "host": socket.gethostname(), "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

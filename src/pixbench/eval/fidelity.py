@@ -2,7 +2,7 @@
 
 Two feature extractors, never mixed (every result key carries the extractor's suffix):
 
-- "featnet" (default): a FeatNet trained on the dataset itself (train_featnet), registered with
+- "featnet" (default): a FeatNet trained on the dataset itself (tasks/gen/featnet.py), registered with
   torch-fidelity as "pixbench-featnet" and loaded from its checkpoint through
   `feature_extractor_weights_path`. Provided features: "feat" (N, feature_dim), the penultimate
   layer, used for FID/KID/PRC; "logits" (N, num_classes), used for IS.
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -56,80 +54,19 @@ def to_net_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def _nhwc_to_input(images: np.ndarray, in_chans: int) -> torch.Tensor:
-    return to_net_input(torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2),
-                        in_chans)  # (N, C, H, W)
-
-
-# ---------------------------------------------------------------------------- training
-
-
-@torch.no_grad()
-def _top1(model: FeatNet, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    model.eval()
-    correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-                  for i in range(0, len(x), batch))
-    return correct / max(1, len(x))
-
-
-def train_featnet(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
-                  val_labels: np.ndarray, *, width: int, feature_dim: int, epochs: int,
-                  batch_size: int, lr: float, seed: int,
-                  log: Callable[[str], None] | None = None) -> tuple[FeatNet, dict]:
-    """Train a FeatNet on uint8 (N, H, W, C) images: AdamW, 2% warmup then cosine, random
-    horizontal flips. Deterministic given the seed (own generators, fixed batch order).
-    Returns (model in eval mode, {"val_top1", "train_seconds", "params"})."""
-    t0 = time.perf_counter()
-    in_chans = int(train_images.shape[3])
-    num_classes = int(max(train_labels.max(), val_labels.max() if len(val_labels) else 0)) + 1
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the init draws from the global generator
-    model = FeatNet(in_chans=in_chans, num_classes=num_classes, width=width,
-                    feature_dim=feature_dim)
-    # channels_last: ~20% faster convolutions on CPU; the saved state dict is unaffected.
-    model = model.to(memory_format=torch.channels_last)
-    x = _nhwc_to_input(train_images, in_chans).contiguous(memory_format=torch.channels_last)
-    y = torch.as_tensor(train_labels, dtype=torch.long)
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    warmup = max(1, total // 50)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(1.0, (s + 1 - warmup) / max(1, total - warmup))))))
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        flips = torch.rand(len(x), generator=gen) < 0.5
-        loss_sum = 0.0
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            xb = x[idx]
-            xb = torch.where(flips[idx, None, None, None], xb.flip(3), xb)  # (B, C, H, W)
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-        if log is not None:
-            log(f"featnet epoch {epoch + 1}/{epochs}: loss {loss_sum / len(x):.4f}")
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    val_top1 = _top1(model, _nhwc_to_input(val_images, in_chans),
-                     torch.as_tensor(val_labels, dtype=torch.long))
-    metrics = {"val_top1": val_top1, "train_seconds": time.perf_counter() - t0,
-               "params": sum(p.numel() for p in model.parameters())}
-    if log is not None:
-        log(f"featnet val top-1 {val_top1:.4f} in {metrics['train_seconds']:.1f}s")
-    return model, metrics
-
-
 # ---------------------------------------------------------------------------- checkpoint
 
 
+def featnet_payload(model: FeatNet, meta: dict) -> dict:
+    """The checkpoint's contents: the constructor kwargs (so load_featnet rebuilds the same
+    net), the weights and a plain meta dict; loads with weights_only=True."""
+    return {"format": FEATNET_FORMAT, "kwargs": dict(model.hparams),
+            "state_dict": model.state_dict(), "meta": dict(meta)}
+
+
 def save_featnet(path: Path, model: FeatNet, meta: dict) -> None:
-    """Atomic; stores the constructor kwargs so load_featnet rebuilds the same net."""
-    save_checkpoint(Path(path), {"format": FEATNET_FORMAT, "kwargs": dict(model.hparams),
-                                 "state_dict": model.state_dict(), "meta": dict(meta)})
+    """Atomic (the featnet task writes the same payload through its run, on rank 0)."""
+    save_checkpoint(Path(path), featnet_payload(model, meta))
 
 
 def _read_featnet(path: Path) -> dict:
@@ -168,8 +105,8 @@ def _build_featnet(state: dict, path: Path) -> FeatNet:
 
 @functools.cache
 def _featnet_extractor_class() -> type:
-    """Built on first use: importing torch_fidelity costs ~3 s, which callers of the training and
-    checkpoint helpers should not pay."""
+    """Built on first use: importing torch_fidelity costs ~3 s, which callers of the checkpoint
+    helpers should not pay."""
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
     class FeatNetExtractor(FeatureExtractorBase):

@@ -55,14 +55,15 @@ def make_train_scheduler(num_train_timesteps: int = 1000,
 
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, y: torch.Tensor,
                    scheduler: diffusers.DDPMScheduler, generator: torch.Generator, *,
-                   t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None) -> torch.Tensor:
+                   t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                   force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Simple DDPM loss (Ho et al. 2020, Eq. 14): MSE between true and predicted eps, mean over all.
 
     x0: (N, C, H, W) clean latents, y: (N,) labels. t ~ U{0..T-1} and eps ~ N(0, I) are drawn from
     `generator` (on its device, then moved) unless given; the same generator drives the model's
-    label dropout, so one seed fixes the whole step. With learned-sigma models only the eps
-    channels are trained (no variational-bound term).
+    label dropout, so one seed fixes the whole step; `force_drop_ids` (N,) (1 = drop) replaces
+    that dropout draw (data parallel: the global batch's drops, drawn once, sliced per rank).
+    With learned-sigma models only the eps channels are trained (no variational-bound term).
     """
     n, c = x0.shape[:2]
     if t is None:
@@ -73,7 +74,7 @@ def diffusion_loss(model: nn.Module, x0: torch.Tensor, y: torch.Tensor,
                             dtype=x0.dtype)
     t, noise = t.to(x0.device), noise.to(x0.device)
     x_t = scheduler.add_noise(x0, noise, t)  # (N, C, H, W)
-    pred = model(x_t, t, y, generator=generator)  # (N, C_out, H, W)
+    pred = model(x_t, t, y, force_drop_ids=force_drop_ids, generator=generator)  # (N, C_out, H, W)
     return F.mse_loss(pred[:, :c].float(), noise.float())
 
 

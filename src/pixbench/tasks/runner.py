@@ -74,12 +74,15 @@ def pick_device(requested: str) -> torch.device:
     """auto: this rank's GPU when there is one, else the CPU."""
     requested = distributed.local_device(requested)
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {requested}: CUDA is not available on this machine")
     if requested != "cpu" and not requested.startswith("cuda"):
         raise UserError(f"--device {requested!r}: expected auto, cpu, cuda or cuda:N")
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL collectives use the current device, not cuda:0
+    return device
 
 
 def finished_metrics(run_dir: Path, spec, stale: str) -> dict | None:
@@ -146,7 +149,7 @@ class Run:
             atomic_write_json(self.dir / "spec.json",
                               {"digest": self.spec.digest(), "spec": self.spec.canonical()})
             atomic_write_json(self.dir / "manifest.json",
-                              {**run_manifest(self.spec.seed, str(self.device)),
+                              {**run_manifest(getattr(self.spec, "seed", None), str(self.device)),
                                "world_size": distributed.world_size(), **extra})
 
     # ---------------------------------------------------------------------- checkpoint

@@ -1,47 +1,37 @@
 """`pixbench dit train`: a class-conditional DiT on the tokenizer's cached latents.
 
 Epsilon prediction on diffusers' DDPM schedule, AdamW, an EMA of the weights (what samples
-use), one checkpoint path (`ckpt/last.pt`: model, EMA, optimiser, state) and batches and noise
-drawn from (seed, step) alone, so a resumed run ends where an uninterrupted one would. With
+use), on the task runner: one checkpoint (model, EMA, optimiser, and the State with the loss
+sums of the current curve interval, so `train_loss` survives a kill), batches and noise drawn
+from (seed, step) alone, so a resumed run ends where an uninterrupted one would. With
 `curve_every_steps`, FID (FeatNet) of a few EMA samples is measured along the way.
+
+Data parallel: every step draws the global batch's indices, timesteps, noise and label drops
+from (seed, step) and each rank trains on its slice of them, so the recipe (global batch, lr)
+and the result do not depend on the number of ranks.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from pixbench import distributed
 from pixbench.config import Paths
 from pixbench.errors import UserError
-from pixbench.genconfig import DitSpec
-from pixbench.runio import (CKPT_NAME, atomic_write_bytes, atomic_write_json, describe_run,
-                            load_checkpoint, save_checkpoint)
-from pixbench.tasks.classify import lr_at, open_run_dir, param_groups, pick_device, step_seed
-from pixbench.tasks.vq import batch_indices
-
-EMA_FILE = "ema.pt"
-
-
-@dataclasses.dataclass
-class DitState:
-    step: int = 0
-    train_time_s: float = 0.0
-    history: list = dataclasses.field(default_factory=list)
-
-
-def build_model(spec: DitSpec, latent_shape: list[int], num_classes: int) -> nn.Module:
-    """The one place config becomes DiT kwargs; seeded so init is a function of the seed."""
-    from pixbench.models.dit import build_dit
-
-    torch.manual_seed(spec.seed)
-    c, h, _ = latent_shape
-    return build_dit(spec.size, spec.patch, input_size=h, in_channels=c, num_classes=num_classes,
-                     pos_embed=spec.dit.pos_embed, class_dropout_prob=spec.dit.class_dropout)
+from pixbench.gen.diffusion import diffusion_loss, make_train_scheduler
+from pixbench.config import DitSpec
+from pixbench.tasks.gen.latents import load_latents
+from pixbench.tasks.gen.parallel import check_divisible, rank_mean
+from pixbench.tasks.gen.sampling import (EMA_FILE, build_dit_model, draw_samples, sampling_context,
+                                         score_samples)
+from pixbench.tasks.optim import adamw, clip_and_step, lr_at, peak_lr, set_lr
+from pixbench.tasks.runner import Run, State
+from pixbench.tasks.seeds import batch_indices, generator
 
 
 @torch.no_grad()
@@ -50,137 +40,125 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def _restore(path: Path, spec: DitSpec, model, ema, opt) -> DitState:
-    if not path.exists():
-        return DitState()
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("spec_digest") != spec.digest():
-        raise UserError(f"{path}: not a checkpoint of this DiT spec; pass --stale restart")
-    try:
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise UserError(f"{path}: does not fit this model ({str(exc).splitlines()[0]})") from None
-    return DitState(**ckpt["state"])
+def step_noise(gen: torch.Generator, n: int, shape: torch.Size, num_timesteps: int,
+               drop_prob: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The global batch's timesteps (n,), noise (n, c, h, w) and label drops (n,) (1 = drop;
+    None without dropout), drawn in the order `diffusion_loss` and the DiT's label dropout
+    would draw them from `gen` on one process, so one process trains exactly as before."""
+    t = torch.randint(0, num_timesteps, (n,), generator=gen, device=gen.device)
+    noise = torch.randn((n, *shape), generator=gen, device=gen.device)
+    drop = None
+    if drop_prob > 0:
+        drop = (torch.rand((n,), generator=gen, device=gen.device) < drop_prob).long()
+    return t, noise, drop
 
 
-def train_steps(model, ema, opt, sched, latents: torch.Tensor, labels: torch.Tensor,
-                spec: DitSpec, state: DitState, until: int, device: torch.device,
-                on_save) -> float:
-    """Train from state.step to `until`; returns the mean loss of those steps."""
-    from pixbench.gen.diffusion import diffusion_loss
+class DitTrainer:
+    """Model (DDP-wrapped when there are several ranks), its EMA, AdamW, the latents."""
 
-    cfg = spec.dit
-    per_epoch = max(1, latents.shape[0] // cfg.batch_size)
-    warmup = int(cfg.optim.warmup_epochs * per_epoch)
-    peak = cfg.optim.lr * cfg.batch_size / cfg.optim.lr_ref_batch
-    model.train()
-    t0, losses = time.perf_counter() - state.train_time_s, []
-    while state.step < until:
-        idx = batch_indices(latents.shape[0], cfg.batch_size, spec.seed, state.step)
-        x0, y = latents[idx].to(device), labels[idx].to(device)
-        gen = torch.Generator(device="cpu").manual_seed(step_seed(spec.seed + 1, state.step))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(state.step, cfg.steps, warmup, peak, cfg.optim.min_lr_ratio)
-        loss = diffusion_loss(model, x0, y, sched, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        update_ema(ema, model, cfg.ema_decay)
-        state.step += 1
-        losses.append(loss.detach())
-        state.train_time_s = time.perf_counter() - t0
-        on_save(final=False)
-    return float(torch.stack(losses).mean()) if losses else float("nan")
+    def __init__(self, spec: DitSpec, latents: torch.Tensor, labels: torch.Tensor, man: dict,
+                 device: torch.device) -> None:
+        cfg = spec.dit
+        self.spec, self.device, self.latents, self.labels = spec, device, latents, labels
+        self.model = build_dit_model(spec, man["latent_shape"], man["num_classes"]).to(device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = adamw(self.model, cfg.optim)
+        self.ddp = distributed.wrap(self.model, device)
+        self.sched = make_train_scheduler(cfg.num_train_timesteps, cfg.beta_schedule)
+        per_epoch = max(1, latents.shape[0] // cfg.batch_size)
+        self.warmup = int(cfg.optim.warmup_epochs * per_epoch)
+        self.peak = peak_lr(cfg.optim, cfg.batch_size)
+
+    def step(self, step: int) -> float:
+        """One update; returns the global batch's loss."""
+        spec, cfg = self.spec, self.spec.dit
+        idx = batch_indices(self.latents.shape[0], cfg.batch_size, spec.seed, step)  # (B,)
+        gen = generator(spec.seed + 1, step)
+        drop_prob = cfg.class_dropout if self.model.training else 0.0
+        t, noise, drop = step_noise(gen, cfg.batch_size, self.latents.shape[1:],
+                                    cfg.num_train_timesteps, drop_prob)
+        mine = distributed.shard(torch.arange(cfg.batch_size))  # this rank's slice of the batch
+        x0 = self.latents[idx[mine]].to(self.device)  # (B / world, c, h, w)
+        y = self.labels[idx[mine]].to(self.device)
+        set_lr(self.opt, lr_at(step, cfg.steps, self.warmup, self.peak, cfg.optim.min_lr_ratio))
+        loss = diffusion_loss(self.ddp, x0, y, self.sched, gen, t=t[mine], noise=noise[mine],
+                              force_drop_ids=None if drop is None else drop[mine])
+        clip_and_step(self.ddp, self.opt, loss, cfg.optim.grad_clip)
+        update_ema(self.ema, self.model, cfg.ema_decay)
+        return rank_mean({"loss": float(loss.detach())})["loss"]
+
+    def train_until(self, r: Run, state: State, until: int) -> None:
+        """Train to step `until` (a curve point); ticks the runner between curve points."""
+        self.model.train()
+        while state.global_step < until:
+            t0 = time.perf_counter()
+            state.add_loss(self.step(state.global_step))
+            state.global_step += 1
+            state.train_time_s += time.perf_counter() - t0
+            if state.global_step < until:  # a curve point saves after its row is recorded
+                r.tick(state)
 
 
 def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
         progress: bool = True) -> dict:
     """Train one (size, patch, seed) DiT cell; resumes from ckpt/last.pt; writes ema.pt."""
-    from pixbench.gen.diffusion import make_train_scheduler
-    from pixbench.tasks.latents import load_latents
-
-    run_dir = paths.run_dir(spec.profile, spec.run_id)
-    done = open_run_dir(run_dir, spec, stale)
-    if done is not None:
-        return done
-    dev = pick_device(device)
+    cfg = spec.dit
+    r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=cfg.checkpoint_every_s)
+    if not isinstance(r, Run):
+        return r
     latents, labels, man = load_latents(paths, spec.profile, spec.tokenizer, "train")
     latents = latents * man["scale_factor"]  # (N, c, h, w), unit variance
-    cfg = spec.dit
     if latents.shape[0] < cfg.batch_size:
         raise UserError(f"dit.batch_size={cfg.batch_size} exceeds the {latents.shape[0]} latents")
-    describe_run(run_dir, spec, spec.seed, str(dev))
-    model = build_model(spec, man["latent_shape"], man["num_classes"]).to(dev)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=cfg.optim.betas)
-    state = _restore(run_dir / CKPT_NAME, spec, model, ema, opt)
-    sched = make_train_scheduler(cfg.num_train_timesteps, cfg.beta_schedule)
-    curve = make_curve_probe(spec, paths) if cfg.curve_every_steps else None
-    last = [time.monotonic()]
-
-    def save(final: bool) -> None:
-        if final or time.monotonic() - last[0] >= cfg.checkpoint_every_s:
-            save_checkpoint(run_dir / CKPT_NAME, {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "state": dataclasses.asdict(state), "spec_digest": spec.digest(),
-                "spec": spec.canonical(), "torch": torch.__version__})
-            last[0] = time.monotonic()
-
+    check_divisible(cfg.batch_size, "dit.batch_size")
+    probe = make_curve_probe(spec, paths, r.device) if cfg.curve_every_steps else None
+    r.describe()
+    tr = DitTrainer(spec, latents, labels, man, r.device)
+    state = r.restore(model=tr.model, ema=tr.ema, optimizer=tr.opt)
     every = cfg.curve_every_steps or cfg.steps
-    while state.step < cfg.steps:
-        until = min(cfg.steps, (state.step // every + 1) * every)
-        loss = train_steps(model, ema, opt, sched, latents, labels, spec, state, until, dev, save)
-        row = {"step": state.step, "train_loss": loss, "train_time_s": state.train_time_s}
-        if curve is not None:
-            row["fid_featnet"] = curve(ema, state.step)
+    while state.global_step < cfg.steps:
+        tr.train_until(r, state, min(cfg.steps, (state.global_step // every + 1) * every))
+        row = {"step": state.global_step, "train_loss": state.take_mean_loss(),
+               "train_time_s": state.train_time_s}
+        if probe is not None:
+            row["fid_featnet"] = probe(tr.ema, state.global_step)
         state.history.append(row)
-        save(final=True)
-        if progress:
-            print(f"{spec.run_id} step {state.step}/{cfg.steps} loss {loss:.4f}"
-                  + (f" fid {row['fid_featnet']:.2f}" if "fid_featnet" in row else ""), flush=True)
-    return _finish(spec, run_dir, model, ema, man, state, dev)
+        r.save(state)
+        if progress and r.is_main:
+            print(f"{spec.run_id} step {state.global_step}/{cfg.steps} loss {row['train_loss']:.4f}"
+                  + (f" fid {row['fid_featnet']:.2f}" if "fid_featnet" in row else ""),
+                  file=sys.stderr, flush=True)
+    return _finish(r, tr, man, state)
 
 
-def _finish(spec: DitSpec, run_dir: Path, model: nn.Module, ema: nn.Module, man: dict,
-            state: DitState, dev: torch.device) -> dict:
-    """ema.pt (what sampling loads), curve.json and metrics.json, each written atomically."""
-    import io
-
+def _finish(r: Run, tr: DitTrainer, man: dict, state: State) -> dict:
+    """ema.pt (what sampling loads), then curve.json and metrics.json (rank 0)."""
     from pixbench.models.dit import dit_display_name, dit_gflops_per_step
 
-    buf = io.BytesIO()
-    torch.save({"ema": ema.state_dict(), "latent_shape": man["latent_shape"],
-                "num_classes": man["num_classes"], "spec_digest": spec.digest(),
-                "spec": spec.canonical()}, buf)
-    atomic_write_bytes(run_dir / EMA_FILE, buf.getvalue())
+    spec, cfg = r.spec, r.spec.dit
+    r.write_torch(EMA_FILE, {"ema": tr.ema.state_dict(), "latent_shape": man["latent_shape"],
+                             "num_classes": man["num_classes"], "spec_digest": spec.digest(),
+                             "spec": spec.canonical()})
     c, h, _ = man["latent_shape"]
-    cfg = spec.dit
     metrics = {"run_id": spec.run_id, "task": "dit", "profile": spec.profile, "size": spec.size,
-               "patch": spec.patch, "seed": spec.seed, "display": dit_display_name(spec.size, spec.patch),
+               "patch": spec.patch, "seed": spec.seed,
+               "display": dit_display_name(spec.size, spec.patch),
                "tokens": (h // spec.patch) ** 2, "pos_embed": cfg.pos_embed,
-               "params": sum(p.numel() for p in model.parameters()),
+               "params": sum(p.numel() for p in tr.model.parameters()),
                "gflops_per_step": dit_gflops_per_step(spec.size, spec.patch, h, c),
-               "steps": state.step, "train_loss": state.history[-1]["train_loss"],
-               "train_s": state.train_time_s,
-               "train_img_per_s": state.step * cfg.batch_size / max(state.train_time_s, 1e-9),
-               "device": dev.type, "spec_digest": spec.digest()}
-    atomic_write_json(run_dir / "curve.json", state.history)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    return metrics
+               "steps": state.global_step, "train_loss": state.history[-1]["train_loss"],
+               "train_s": state.train_time_s, "wall_s": state.wall_time_s,
+               "train_img_per_s": state.global_step * cfg.batch_size / max(state.train_time_s, 1e-9),
+               "device": r.device.type, "spec_digest": spec.digest()}
+    return r.finish(metrics, curve=state.history)
 
 
-def make_curve_probe(spec: DitSpec, paths: Paths):
+def make_curve_probe(spec: DitSpec, paths: Paths, device: torch.device):
     """FID (FeatNet) of `curve_samples` EMA samples with the profile's sampler, for the
-    FID-vs-step curve (the probe's settings are part of the spec: they shape curve.json)."""
-    from pixbench.tasks.dit_eval import draw_samples, sampling_context, score_samples
-
+    FID-vs-step curve (the probe's settings are part of the spec: they shape curve.json).
+    Sampling is sharded across ranks; every rank gets the score."""
     ctx = sampling_context(paths, spec.profile, tokenizer=spec.tokenizer, featnet=spec.featnet,
-                           sample=spec.sample, fid=spec.fid)
+                           sample=spec.sample, fid=spec.fid, device=device)
 
     def probe(ema: nn.Module, step: int) -> float:
         images, _ = draw_samples(ema, ctx, n=spec.dit.curve_samples, seed=spec.seed)

@@ -1,5 +1,6 @@
 """Tokenizer files: save / load the diffusers VQModel folder with a guard, import pretrained
-tokenizers (diffusers folders, taming/LDM checkpoints), and `pixbench vq encode|eval`.
+tokenizers (diffusers folders, taming/LDM checkpoints), and encoding / decoding in fixed chunks
+(sharded across ranks by `parallel.chunked`).
 
 A saved folder holds diffusers' config.json + weights and `pixbench.json` (the spec digest and
 the sha256 of the weights file), so a corrupt or swapped file is a one-line error.
@@ -14,14 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixbench.config import Paths
+from pixbench.config import Paths, PretrainedTokenizer, VQConfig
 from pixbench.data.cache import sha256_file
 from pixbench.errors import UserError
-from pixbench.genconfig import PretrainedTokenizer, VQConfig
 from pixbench.runio import atomic_write_json, read_json
+from pixbench.tasks.gen.data import to_uint8, to_unit
+from pixbench.tasks.gen.parallel import chunked
 
+TOKENIZER_DIR = "tokenizer"  # the diffusers folder inside a `vq train` run dir
 GUARD = "pixbench.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+CHUNK = 256  # images per encode/decode batch: fixed, so re-encoding reproduces the cache bit for bit
 
 
 def save_tokenizer(model, out_dir: Path, spec) -> None:
@@ -108,26 +112,51 @@ def import_pretrained(pre: PretrainedTokenizer, paths: Paths, cfg: VQConfig, cha
 
 
 @torch.no_grad()
-def encode_images(model, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, H, W, C) -> pre-quantisation latents (N, c, h, w) float32 and codes (N, h, w).
+def encode_chunk(model, images: np.ndarray, device: torch.device | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (n, H, W, C) -> pre-quantisation latents (n, c, h, w) float32 and codes (n, h, w)
+    int32, on the CPU."""
+    z = model.encode(to_unit(images).to(device or model.device)).latents  # (n, c, h, w)
+    _, _, (_, _, idx) = model.quantize(z)  # idx (n*h*w,)
+    codes = idx.view(z.shape[0], z.shape[2], z.shape[3]).to(torch.int32)  # (n, h, w)
+    return z.float().cpu(), codes.cpu()
 
-    Fixed batches: the cache must be reproducible bit for bit by re-encoding."""
-    from pixbench.tasks.vq import to_unit
 
-    lat, codes = [], []
-    for i in range(0, images.shape[0], batch):
-        z = model.encode(to_unit(images[i:i + batch])).latents  # (n, c, h, w)
-        _, _, (_, _, idx) = model.quantize(z)
-        lat.append(z.float().numpy())
-        codes.append(idx.view(z.shape[0], z.shape[2], z.shape[3]).to(torch.int32).numpy())
-    return np.concatenate(lat), np.concatenate(codes)
+def encode_images(model, images: np.ndarray, batch: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W, C) -> latents (N, c, h, w) float32 and codes (N, h, w), one process."""
+    parts = [encode_chunk(model, images[i:i + batch]) for i in range(0, images.shape[0], batch)]
+    return (torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy())
+
+
+def latent_geometry(model) -> tuple[int, int]:
+    """(latent channels, down-sampling factor) of a VQModel."""
+    return model.config.latent_channels, 2 ** (len(model.config.block_out_channels) - 1)
+
+
+def encode_sharded(model, images: np.ndarray, device: torch.device,
+                   decode: bool = False) -> tuple[torch.Tensor, ...]:
+    """Every rank encodes its chunks of uint8 (N, H, W, C) images; all ranks get (latents
+    (N, c, h, w), codes (N, h, w)), plus the uint8 reconstructions (N, C, H, W) with `decode`.
+    Chunks are CHUNK images whatever the world size, so the rows equal `encode_images`'."""
+    n, size, _, chans = images.shape
+    c, f = latent_geometry(model)
+
+    def one(b: int, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        lat, codes = encode_chunk(model, np.asarray(images[start:stop]), device)
+        if not decode:
+            return lat, codes
+        return lat, codes, decode_latents(model, lat.to(device), batch=CHUNK)
+
+    empty = (torch.zeros(0, c, size // f, size // f), torch.zeros(0, size // f, size // f,
+                                                                dtype=torch.int32),
+             torch.zeros(0, chans, size, size, dtype=torch.uint8))
+    return chunked(n, CHUNK, one, empty if decode else empty[:2])
 
 
 @torch.no_grad()
-def decode_latents(model, latents: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Latents (N, c, h, w) -> uint8 images (N, C, H, W); the decoder quantises first."""
-    from pixbench.tasks.vq import to_uint8
-
-    out = [to_uint8(model.decode(latents[i:i + batch]).sample)
+def decode_latents(model, latents: torch.Tensor, batch: int = CHUNK) -> torch.Tensor:
+    """Latents (N, c, h, w) -> uint8 images (N, C, H, W) on the CPU; the decoder quantises
+    first."""
+    out = [to_uint8(model.decode(latents[i:i + batch]).sample).cpu()
            for i in range(0, latents.shape[0], batch)]
     return torch.cat(out)

@@ -1,206 +1,189 @@
 """`pixbench vq train`: train (or import) the VQGAN tokenizer of the generation track.
 
-The run dir `runs/{profile}/vq-s{seed}/` holds spec.json, manifest.json, ckpt/last.pt
-(generator, discriminator, both optimisers, code ages: resume is bitwise), `tokenizer/` (the
+The run dir `runs/{profile}/vq-s{seed}/` holds spec.json, manifest.json, ckpt/last.pt (the
+runner's one checkpoint: generator with its code ages, discriminator, both optimisers, and the
+State with the curve window and restart count, so a resume is bitwise), `tokenizer/` (the
 diffusers folder every later stage loads), curve.json and metrics.json.
+
+Data parallel: every rank trains on its shard of the global batch drawn from (seed, step);
+DDP averages the generator's and the discriminator's gradients, the discriminator's batch norm
+uses global-batch statistics (syncbn), taming's adaptive GAN weight is computed from the
+rank-averaged gradients, and dead-code restarts read the gathered code indices and encoder
+outputs with one generator seeded from (seed, step), so every rank restarts the same codes to
+the same vectors and the codebooks never drift apart.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pixbench.config import Paths
-from pixbench.data.cache import CachedDataset, load_cache
-from pixbench.errors import UserError
-from pixbench.genconfig import VQSpec
-from pixbench.models.vqgan import (PatchDiscriminator, adaptive_weight, build_vqmodel,
-                                   hinge_d_loss, restart_dead_codes, vq_forward)
-from pixbench.runio import (CKPT_NAME, atomic_write_json, describe_run, load_checkpoint,
-                            save_checkpoint)
-from pixbench.tasks.classify import open_run_dir, pick_device, step_seed
+from pixbench import distributed
+from pixbench.config import Paths, VQSpec
+from pixbench.models.vqgan import (PatchDiscriminator, build_vqmodel, hinge_d_loss,
+                                   restart_dead_codes, vq_forward)
+from pixbench.tasks.gen.data import gen_cache, to_unit
+from pixbench.tasks.gen.parallel import check_divisible, rank_mean, rank_mean_tensor
+from pixbench.tasks.gen.syncbn import sync_batchnorm
+from pixbench.tasks.gen.tokenizer import TOKENIZER_DIR, import_pretrained, save_tokenizer
+from pixbench.tasks.runner import Run, State
+from pixbench.tasks.seeds import batch_indices, generator
 
-TOKENIZER_DIR = "tokenizer"
-
-
-def gen_cache(paths: Paths, spec_profile: str, data_spec: dict) -> CachedDataset:
-    """The generation track's own image cache; a cache of another data spec is an error."""
-    where = paths.gen_cache_for(spec_profile)
-    ds = load_cache(where)
-    if ds.manifest.get("spec") != data_spec:
-        raise UserError(f"{where}: cache was prepared for another data spec; re-run "
-                        "`pixbench data prepare --gen`")
-    return ds
+CURVE_EVERY = 50  # steps per curve row (the mean of the window's per-step values)
 
 
-def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1], the tokenizer's input range."""
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+class VQGenerator(nn.Module):
+    """The VQModel plus the step each code was last chosen (a buffer, so the runner's
+    checkpoint holds it); forward is one `vq_forward`, so DDP can wrap it."""
+
+    def __init__(self, vq: nn.Module, codebook_size: int) -> None:
+        super().__init__()
+        self.vq = vq
+        self.register_buffer("last_used", torch.zeros(codebook_size, dtype=torch.long))  # (K,)
+
+    def forward(self, x: torch.Tensor):
+        return vq_forward(self.vq, x)  # rec (N, C, H, W), vq loss, idx (N, h, w), z (N, c, h, w)
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float (N, C, H, W) in [-1, 1] -> uint8 (N, C, H, W)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-@dataclasses.dataclass
-class VQState:
-    step: int = 0
-    train_time_s: float = 0.0
-    restarts: int = 0
-    history: list = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
 class VQTrainer:
-    model: nn.Module
-    disc: PatchDiscriminator
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    last_used: torch.Tensor  # (K,) step each code was last chosen
-    spec: VQSpec
+    """The generator and discriminator (DDP-wrapped when there are several ranks) and their
+    Adam optimisers."""
 
-    def state_dict(self, state: VQState) -> dict:
-        return {"model": self.model.state_dict(), "disc": self.disc.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "last_used": self.last_used, "state": dataclasses.asdict(state),
-                "spec_digest": self.spec.digest(), "spec": self.spec.canonical(),
-                "torch": torch.__version__}
+    def __init__(self, spec: VQSpec, channels: int, device: torch.device) -> None:
+        cfg = spec.vq
+        self.spec = spec
+        torch.manual_seed(spec.seed)  # init is a function of the seed
+        vq = build_vqmodel(in_channels=channels, downsample=cfg.downsample,
+                           base_channels=cfg.base_channels, layers_per_block=cfg.layers_per_block,
+                           mid_attention=cfg.mid_attention, latent_channels=cfg.latent_channels,
+                           codebook_size=cfg.codebook_size, commitment=cfg.commitment,
+                           sample_size=spec.data.image_size)
+        self.gen = VQGenerator(vq, cfg.codebook_size).to(device)
+        self.disc = sync_batchnorm(PatchDiscriminator(in_channels=channels,
+                                                      channels=cfg.disc_channels,
+                                                      layers=cfg.disc_layers)).to(device)
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.gen_ddp = distributed.wrap(self.gen, device)
+        self.disc_ddp = distributed.wrap(self.disc, device)
 
-    def load(self, path: Path) -> VQState:
-        if not path.exists():
-            return VQState()
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict) or ckpt.get("spec_digest") != self.spec.digest():
-            raise UserError(f"{path}: not a checkpoint of this tokenizer spec; pass --stale restart")
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.disc.load_state_dict(ckpt["disc"])
-            self.opt_g.load_state_dict(ckpt["opt_g"])
-            self.opt_d.load_state_dict(ckpt["opt_d"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"{path}: does not fit this tokenizer ({str(exc).splitlines()[0]})") from None
-        self.last_used.copy_(ckpt["last_used"])
-        return VQState(**ckpt["state"])
+    @property
+    def model(self) -> nn.Module:
+        return self.gen.vq
+
+    def modules(self) -> dict:
+        return {"generator": self.gen, "discriminator": self.disc, "opt_g": self.opt_g,
+                "opt_d": self.opt_d}
 
 
-def build_trainer(spec: VQSpec, channels: int, device: torch.device) -> VQTrainer:
-    cfg = spec.vq
-    torch.manual_seed(spec.seed)
-    model = build_vqmodel(in_channels=channels, downsample=cfg.downsample,
-                          base_channels=cfg.base_channels, layers_per_block=cfg.layers_per_block,
-                          mid_attention=cfg.mid_attention, latent_channels=cfg.latent_channels,
-                          codebook_size=cfg.codebook_size, commitment=cfg.commitment,
-                          sample_size=spec.data.image_size).to(device)
-    disc = PatchDiscriminator(in_channels=channels, channels=cfg.disc_channels,
-                              layers=cfg.disc_layers).to(device)
-    opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas)
-    last_used = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    return VQTrainer(model, disc, opt_g, opt_d, last_used, spec)
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """taming's calculate_adaptive_lambda (Esser et al. 2021, eq. 7) on the global batch: the
+    two gradients at the decoder's last layer are averaged over ranks before their norms (the
+    ratio of norms of shard gradients would differ per rank and from one process)."""
+    rec_grad = rank_mean_tensor(torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0])
+    g_grad = rank_mean_tensor(torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0])
+    w = rec_grad.norm() / (g_grad.norm() + 1e-4)
+    return w.clamp(0.0, 1e4).detach() * scale
 
 
 def train_step(tr: VQTrainer, x: torch.Tensor, step: int, gen: torch.Generator) -> dict:
     """One generator step (L1 + VQ + adaptive hinge GAN after the warm-up), one
-    discriminator step, then dead-code restarts. x (N, C, H, W) in [-1, 1]."""
+    discriminator step, then dead-code restarts. x (n, C, H, W) in [-1, 1]: this rank's shard.
+    Returns the step's values, averaged over ranks."""
     cfg = tr.spec.vq
     gan = cfg.disc_weight > 0 and step >= cfg.disc_start_step
-    rec, vq_loss, idx, z = vq_forward(tr.model, x)
+    rec, vq_loss, idx, z = tr.gen_ddp(x)
     rec_loss = (x - rec).abs().mean()
     loss, d_w = rec_loss + vq_loss, 0.0
     if gan:
         tr.disc.eval()  # generator pass: don't update BatchNorm stats on fakes twice
-        g_loss = -tr.disc(rec).mean()
+        g_loss = -tr.disc(rec).mean()  # unwrapped: its gradients are discarded below
         w = adaptive_weight(rec_loss, g_loss, tr.model.decoder.conv_out.weight, cfg.disc_weight)
         loss, d_w = loss + w * g_loss, float(w)
     tr.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     tr.opt_g.step()
-    d_loss = 0.0
+    d_loss = torch.zeros(())
     if gan:
         tr.disc.train()
-        d = hinge_d_loss(tr.disc(x), tr.disc(rec.detach()))
+        d_loss = hinge_d_loss(tr.disc_ddp(x), tr.disc_ddp(rec.detach()))
         tr.opt_d.zero_grad(set_to_none=True)
-        d.backward()
+        d_loss.backward()
         tr.opt_d.step()
-        d_loss = float(d.detach())
-    n = restart_dead_codes(tr.model.quantize.embedding.weight.data, tr.last_used, idx, z, step,
-                           cfg.dead_code_steps, gen)
-    return {"rec_l1": float(rec_loss.detach()), "vq": float(vq_loss.detach()), "d_loss": d_loss,
-            "d_weight": d_w,
-            "restarts": n}
+    # the global batch's codes and encoder outputs: the same restarts on every rank
+    n = restart_dead_codes(tr.model.quantize.embedding.weight.data, tr.gen.last_used,
+                           distributed.gather_rows(idx), distributed.gather_rows(z.detach()),
+                           step, cfg.dead_code_steps, gen)
+    out = rank_mean({"rec_l1": float(rec_loss.detach()), "vq": float(vq_loss.detach()),
+                     "d_loss": float(d_loss.detach()) if gan else 0.0})
+    return {**out, "d_weight": d_w, "restarts": n}
 
 
-def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
-    """A function of (seed, step) alone, so a resumed run draws the same batches."""
-    g = torch.Generator().manual_seed(step_seed(seed, step))
-    return torch.randint(0, n, (batch,), generator=g)
-
-
-def train(tr: VQTrainer, images: np.ndarray, state: VQState, ckpt_path: Path,
-          device: torch.device, progress: bool) -> VQState:
+def train(tr: VQTrainer, r: Run, images: np.ndarray, state: State, progress: bool) -> State:
+    """Train from state.global_step to vq.steps; the curve window and the restart count live
+    in the State, so a resumed run writes the same curve and metrics."""
     cfg, spec = tr.spec.vq, tr.spec
-    tr.model.train()
-    last_save, t_start = time.monotonic(), time.perf_counter() - state.train_time_s
-    window: list[dict] = []
-    while state.step < cfg.steps:
-        idx = batch_indices(images.shape[0], cfg.batch_size, spec.seed, state.step)
-        x = to_unit(images[idx.numpy()]).to(device)
-        gen = torch.Generator().manual_seed(step_seed(spec.seed + 1, state.step))
-        out = train_step(tr, x, state.step, gen)
-        state.restarts += out["restarts"]
-        state.step += 1
-        window.append(out)
-        state.train_time_s = time.perf_counter() - t_start
-        if state.step % 50 == 0 or state.step == cfg.steps:
-            row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            state.history.append({"step": state.step, **row, "train_time_s": state.train_time_s})
-            window = []
-            if progress:
-                print(f"{spec.run_id} step {state.step}/{cfg.steps} l1 {row['rec_l1']:.4f} "
-                      f"vq {row['vq']:.4f} d {row['d_loss']:.3f}", flush=True)
-        if time.monotonic() - last_save >= cfg.checkpoint_every_s or state.step == cfg.steps:
-            save_checkpoint(ckpt_path, tr.state_dict(state))
-            last_save = time.monotonic()
+    tr.gen.train()
+    while state.global_step < cfg.steps:
+        t0, step = time.perf_counter(), state.global_step
+        idx = distributed.shard(batch_indices(images.shape[0], cfg.batch_size, spec.seed, step))
+        x = to_unit(images[idx.numpy()]).to(r.device)  # (B / world, C, H, W)
+        out = train_step(tr, x, step, generator(spec.seed + 1, step))
+        state.extra["restarts"] = state.extra.get("restarts", 0) + out["restarts"]
+        state.global_step += 1
+        state.window.append(out)
+        state.train_time_s += time.perf_counter() - t0
+        if state.global_step % CURVE_EVERY == 0 or state.global_step == cfg.steps:
+            row = {k: float(np.mean([w[k] for w in state.window])) for k in state.window[0]}
+            state.history.append({"step": state.global_step, **row,
+                                  "train_time_s": state.train_time_s})
+            state.window = []
+            if progress and r.is_main:
+                print(f"{spec.run_id} step {state.global_step}/{cfg.steps} l1 {row['rec_l1']:.4f} "
+                      f"vq {row['vq']:.4f} d {row['d_loss']:.3f}", file=sys.stderr, flush=True)
+        r.tick(state)
     return state
 
 
 def run(spec: VQSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
         progress: bool = True) -> dict:
     """Train one tokenizer (or import the pretrained one) and save its diffusers folder."""
-    from pixbench.tasks.tokenizer import import_pretrained, save_tokenizer
-
-    run_dir = paths.run_dir(spec.profile, spec.run_id)
-    done = open_run_dir(run_dir, spec, stale)
-    if done is not None:
-        return done
-    dev = pick_device(device)
+    r = Run.open(spec, paths, stale=stale, device=device,
+                 checkpoint_every_s=spec.vq.checkpoint_every_s)
+    if not isinstance(r, Run):
+        return r
     ds = gen_cache(paths, spec.profile, spec.data.model_dump())
-    describe_run(run_dir, spec, spec.seed, str(dev))
     if spec.vq.pretrained is not None:
         model = import_pretrained(spec.vq.pretrained, paths, spec.vq, ds.channels)
-        state = VQState()
+        r.describe()
+        state = State()
     else:
-        tr = build_trainer(spec, ds.channels, dev)
-        state = tr.load(run_dir / CKPT_NAME)
-        state = train(tr, np.asarray(ds.train_images), state, run_dir / CKPT_NAME, dev, progress)
+        check_divisible(spec.vq.batch_size, "vq.batch_size")
+        r.describe()
+        tr = VQTrainer(spec, ds.channels, r.device)
+        state = r.restore(**tr.modules())
+        state = train(tr, r, np.asarray(ds.train_images), state, progress)
+        r.save(state)
         model = tr.model
-    save_tokenizer(model.cpu(), run_dir / TOKENIZER_DIR, spec)
-    metrics = {"run_id": spec.run_id, "task": "vq", "profile": spec.profile, "seed": spec.seed,
-               "pretrained": spec.vq.pretrained is not None, "downsample": spec.vq.downsample,
-               "latent_channels": spec.vq.latent_channels, "codebook_size": spec.vq.codebook_size,
-               "latent_side": spec.data.image_size // spec.vq.downsample,
-               "params": sum(p.numel() for p in model.parameters()), "steps": state.step,
-               "train_s": state.train_time_s, "code_restarts": state.restarts,
-               "train_img_per_s": state.step * spec.vq.batch_size / max(state.train_time_s, 1e-9),
-               "final_l1": state.history[-1]["rec_l1"] if state.history else None,
-               "device": dev.type, "spec_digest": spec.digest()}
-    atomic_write_json(run_dir / "curve.json", state.history)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    if r.is_main:
+        save_tokenizer(model.cpu(), r.dir / TOKENIZER_DIR, spec)
+    return r.finish(_metrics(spec, model, state, r.device), curve=state.history)
+
+
+def _metrics(spec: VQSpec, model: nn.Module, state: State, device: torch.device) -> dict:
+    cfg = spec.vq
+    return {"run_id": spec.run_id, "task": "vq", "profile": spec.profile, "seed": spec.seed,
+            "pretrained": cfg.pretrained is not None, "downsample": cfg.downsample,
+            "latent_channels": cfg.latent_channels, "codebook_size": cfg.codebook_size,
+            "latent_side": spec.data.image_size // cfg.downsample,
+            "params": sum(p.numel() for p in model.parameters()), "steps": state.global_step,
+            "train_s": state.train_time_s, "wall_s": state.wall_time_s,
+            "code_restarts": state.extra.get("restarts", 0),
+            "train_img_per_s": state.global_step * cfg.batch_size / max(state.train_time_s, 1e-9),
+            "final_l1": state.history[-1]["rec_l1"] if state.history else None,
+            "device": device.type, "spec_digest": spec.digest()}
