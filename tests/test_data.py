@@ -15,7 +15,7 @@ from pixbench.config import AugmentConfig, DataConfig
 from pixbench.data import sources
 from pixbench.data.augment import augment_batch
 from pixbench.data.cache import load_cache, write_cache
-from pixbench.data.prepare import prepare, resize_uint8
+from pixbench.data.prepare import load_image_folder, prepare, resize_uint8
 from pixbench.errors import UserError
 
 
@@ -71,7 +71,8 @@ def test_truncated_idx_is_rejected():
 
 
 def test_prepare_resizes_and_caches(fake_fmnist, tmp_path):
-    cfg = DataConfig(source="fashion_mnist", image_size=14, root=None, allow_download=False)
+    cfg = DataConfig(source="fashion_mnist", image_size=14, root=None, allow_download=False,
+                     skip_corrupt=False)
     manifest = prepare(cfg, tmp_path / "cache", fake_fmnist)
     ds = load_cache(tmp_path / "cache")
     assert ds.train_images.shape == (40, 14, 14, 1) and ds.val_images.shape == (20, 14, 14, 1)
@@ -121,12 +122,14 @@ def test_image_folder_crop_resize(tmp_path):
                 im = Image.new("RGB", (40 + 10 * i, 20), (0, 255, 0))  # green margins
                 im.paste(Image.new("RGB", (20, 20), color), ((40 + 10 * i - 20) // 2, 0))
                 im.save(d / f"{i}.png")
-    split = sources.load_image_folder(tmp_path / "imgs", "train", 8)
+    split = load_image_folder(tmp_path / "imgs", "train", 8)
     assert split.images.shape == (6, 8, 8, 3) and split.classes == ("cat", "dog")
     assert split.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert split.images[0, :, :, 0].min() > 200 and split.images[3, :, :, 2].min() > 200  # centre kept
+    with pytest.raises(UserError, match="nothing does not exist"):
+        load_image_folder(tmp_path / "nothing", "train", 8)
     with pytest.raises(UserError, match="ImageFolder split not found"):
-        sources.load_image_folder(tmp_path / "nothing", "train", 8)
+        load_image_folder(tmp_path / "imgs" / "train", "train", 8)
 
 
 def test_cifar_from_local_copy(tmp_path, monkeypatch):
@@ -146,7 +149,7 @@ def test_cifar_from_local_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
     split = sources.load_cifar("cifar10", "train", tmp_path, allow_download=False)
     assert split.images.shape == (20, 32, 32, 3) and split.classes[0] == "k0"
-    with pytest.raises(UserError, match="cifar100 under"):
+    with pytest.raises(UserError, match="cifar-100-python/train: cannot read"):
         sources.load_cifar("cifar100", "train", tmp_path, allow_download=False)
 
 
@@ -164,3 +167,87 @@ def test_augmentation_is_seeded_and_shape_preserving():
     flipped = [torch.equal(flip_only[i], x[i].flip(2)) for i in range(16)]
     kept = [torch.equal(flip_only[i], x[i]) for i in range(16)]
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def _small_cache(path, n=16):
+    splits = {"train": synthetic_split(n, 8, 4, 1), "val": synthetic_split(8, 8, 4, 2)}
+    return write_cache(path, splits, ["a", "b", "c", "d"], {"source": "x", "spec": {}}), splits
+
+
+def test_manifest_checksums_itself_and_stats_match_numpy(tmp_path):
+    from pixbench.data.cache import manifest_digest
+
+    m, splits = _small_cache(tmp_path / "c")
+    assert m["manifest_sha256"] == manifest_digest(m) and m["format_version"] == 2
+    train = splits["train"][0].astype(np.float64) / 255.0  # the old whole-split computation
+    assert m["mean"] == [round(float(v), 6) for v in train.mean(axis=(0, 1, 2))]
+    assert m["std"] == [round(float(v), 6) for v in train.std(axis=(0, 1, 2))]
+    assert m["files"]["train_images.npy"]["bytes"] == (tmp_path / "c" / "train_images.npy").stat().st_size
+
+
+def test_quick_check_probes_big_files_and_full_check_reads_every_byte(tmp_path, monkeypatch):
+    from pixbench.data import cache
+
+    monkeypatch.setattr(cache, "FULL_HASH_MAX", 1024)  # train_images (16*64 B + header) is "big"
+    monkeypatch.setattr(cache, "PROBE_BLOCKS", 3)
+    monkeypatch.setattr(cache, "PROBE_BLOCK", 16)
+    _small_cache(tmp_path / "c", n=64)
+    path = tmp_path / "c" / "train_images.npy"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # a byte between the probed blocks: only a full check sees it
+        f.seek(size // 4)
+        byte = f.read(1)
+        f.seek(size // 4)
+        f.write(bytes([byte[0] ^ 1]))
+    load_cache(tmp_path / "c")
+    with pytest.raises(UserError, match="train_images.npy: sha256 does not match"):
+        cache.verify_cache(tmp_path / "c")
+    with open(path, "r+b") as f:  # the last block is always probed
+        f.seek(-1, 2)
+        byte = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(UserError, match="train_images.npy: sha256 does not match"):
+        load_cache(tmp_path / "c")
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from pixbench.data import cache
+real = np.save
+def save(f, arr, *a, **k):
+    real(f, arr, *a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed mid-prepare: no cleanup can run
+cache.np.save = save
+cache.write_cache(sys.argv[1], {"train": (np.zeros((2, 4, 4, 1), np.uint8), np.zeros(2)),
+                                "val": (np.zeros((2, 4, 4, 1), np.uint8), np.zeros(2))}, ["a"], {})
+"""
+
+
+def test_temp_dirs_of_a_killed_prepare_are_cleaned_next_time(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "data"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root / "c")], env=env)
+    assert proc.returncode == -9
+    left = [p.name for p in root.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".c.tmp-") and not (root / "c").exists()
+    from pixbench.data.cache import _host
+
+    alive = root / f".c.tmp-{_host()}-{os.getpid()}-abcd1234"  # a writer still running: kept
+    old = root / f".other.old-{_host()}-{os.getpid()}-abcd1234"  # alive pid but 2 days old
+    elsewhere = root / ".c.tmp-otherhost-1-abcd1234"  # another node's, recent: kept
+    keep = [root / ".c.backup", root / "c.tmp-x-1-y", root / "mine"]  # not our pattern
+    for d in [alive, old, elsewhere, *keep]:
+        d.mkdir()
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    _small_cache(root / "c")
+    names = sorted(p.name for p in root.iterdir())
+    assert names == sorted(["c", alive.name, elsewhere.name] + [k.name for k in keep])
+    assert capsys.readouterr().err.count("note: removed") == 2
+    load_cache(root / "c")

@@ -172,7 +172,8 @@ def test_pixbench_params_show_prints_it():
                                       "imagenet28", "--track", "data"])
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output) == {"data": {
-        "source": "imagefolder", "image_size": 28, "root": "imagenet", "allow_download": False}}
+        "source": "imagefolder", "image_size": 28, "root": "imagenet", "allow_download": False,
+        "skip_corrupt": False}}
 
 
 def test_the_linear_probe_recipe_extends_the_fine_tune_recipe(tmp_path):

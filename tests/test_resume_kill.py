@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.runio import CKPT_NAME
 from pixbench.tasks.classify import run as classify
+from test_faults import untimed
 
 CMD = [sys.executable, "-m", "pixbench.cli", "classify", "run", "--patch", "1", "--seed", "2"]
 
@@ -48,3 +50,12 @@ def test_sigkill_then_same_command_resumes_bitwise(tiny_project, tmp_path, monke
         torch.set_num_threads(2)
     for k in ref:
         assert torch.equal(ref[k], resumed[k]), k
+    # curve rows and dvclive steps logged after the killed checkpoint are not duplicated
+    got, want = ckpt.parent.parent, Paths().run_dir("tiny", spec.run_id)
+    assert untimed(json.loads((got / "curve.json").read_text())) == \
+        untimed(json.loads((want / "curve.json").read_text()))
+    live = sorted(p.relative_to(want) for p in (want / "dvclive").rglob("*") if p.is_file())
+    assert live and live == sorted(p.relative_to(got) for p in (got / "dvclive").rglob("*")
+                                   if p.is_file())
+    for rel in live:
+        assert (got / rel).read_bytes() == (want / rel).read_bytes(), rel

@@ -137,3 +137,56 @@ def test_cancelled_job_ends_with_a_clear_message(tiny_project, tmp_path):
     with pytest.raises(UserError, match="ended without a result"):
         launch.wait_for(job, spec.run_id)
     print(f"cancel -> clear error: {time.perf_counter() - t0:.1f} s")
+
+
+def _log_text(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(folder.glob("*_log.err")))
+
+
+def test_usr2_then_sigterm_checkpoint_at_a_step_boundary_and_end_identical(tiny_project,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    """Periodic checkpoints never come (checkpoint_every_s=1 h): only epoch ends and signals
+    save. `scancel --signal=USR2` (SLURM's time-limit warning): the runner checkpoints at the
+    next step boundary, then hands over to submitit, which requeues. `scontrol requeue` (SIGTERM,
+    then SIGKILL after KillWait): the runner checkpoints at the next step boundary and carries
+    on until killed. The job ends bitwise equal to an uninterrupted local run."""
+    import re
+
+    spec = _spec(tiny_project, patch=2, epochs=40, checkpoint_every_s=3600.0)  # 320 steps
+    paths, folder = Paths(), tmp_path / "submitit"
+    executor = launch.make_executor(launch.load_cluster("local"), folder, "signals")
+    job = executor.submit(launch.TaskJob("classify", spec.canonical(), launch._abs_paths(paths)))
+    ckpt = paths.run_dir(spec.profile, spec.run_id) / CKPT_NAME
+    _wait_for_checkpoint(ckpt, min_step=8)  # the end of epoch 1
+    before = torch.load(ckpt, weights_only=True)["state"]["global_step"]
+    subprocess.check_call(["scancel", "--signal=USR2", str(job.job_id)])
+    deadline = time.monotonic() + 60
+    while "DUE TO JOB REQUEUE" not in _log_text(folder):
+        assert time.monotonic() < deadline, _log_text(folder)[-2000:]
+        time.sleep(0.2)
+    log = _log_text(folder)
+    usr2 = re.search(r"SIGUSR2: checkpointed at step (\d+)", log)
+    # the checkpoint is written before submitit's handler runs, which requeues
+    assert usr2 and log.index(usr2[0]) < log.index("Caught signal SIGUSR2") \
+        < log.index("DUE TO JOB REQUEUE"), log[-2000:]
+    assert int(usr2[1]) >= before
+    _wait_for_checkpoint(ckpt, min_step=int(usr2[1]) + 8)  # the requeued job trains on
+    subprocess.check_call(["scontrol", "requeue", str(job.job_id)])
+    deadline = time.monotonic() + 60
+    while "SIGTERM: checkpointed" not in _log_text(folder):
+        assert time.monotonic() < deadline, _log_text(folder)[-2000:]
+        time.sleep(0.2)
+    term = re.search(r"SIGTERM: checkpointed at step (\d+)", _log_text(folder))
+    print(f"USR2 after step >= {before}: checkpointed at step {usr2[1]}; SIGTERM: step {term[1]}")
+    metrics = launch.wait_for(job, spec.run_id)
+    assert metrics["steps"] == 40 * 8
+
+    monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "runs-local"))
+    from pixbench.tasks.classify import run as classify
+
+    classify.run(spec, Paths(), progress=False)
+    ref = torch.load(Paths().run_dir(spec.profile, spec.run_id) / CKPT_NAME, weights_only=True)
+    got = torch.load(ckpt, weights_only=True)
+    for k in ref["modules"]["model"]:
+        assert torch.equal(ref["modules"]["model"][k], got["modules"]["model"][k]), k

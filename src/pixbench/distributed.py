@@ -111,6 +111,16 @@ def mean_over_ranks(value: float) -> float:
     return float(t.item()) / world_size()
 
 
+def max_over_ranks(values: list[int]) -> list[int]:
+    """Element-wise max of small per-rank integers (flags) across ranks: one collective, so
+    every rank takes the same branch (stop at this step, diverged, refused)."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.long, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
+
+
 def _comm_device() -> torch.device:
     """NCCL moves only CUDA tensors; gloo only CPU ones."""
     if dist.get_backend() == "nccl":

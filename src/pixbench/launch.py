@@ -1,9 +1,13 @@
 """Where a task runs: here (local) or as a SLURM job through submitit.
 
-Every task is a `Checkpointable` callable holding only its spec; its `checkpoint()` (called by
-submitit on preemption or at the time-limit warning) resubmits a fresh instance, which resumes
-from the run's one checkpoint path. So a requeued job loses at most `checkpoint_every_s` of
-training and never resumes from a different file than it saves to.
+Every task is a `Checkpointable` callable holding only its spec; its `checkpoint()` resubmits a
+fresh instance, which resumes from the run's one checkpoint path. submitit calls it from its
+SIGUSR2 handler (the time-limit warning, or preemption); while a run trains, the runner holds
+that signal until the next step boundary, writes ckpt/last.pt, and only then hands it to
+submitit's handler (tasks/signals.py), which calls `checkpoint()` and requeues. So a requeued
+job redoes at most the step in flight and never resumes from a different file than it saves to.
+SIGTERM (preemption, scancel, `scontrol requeue`) also checkpoints at the next step boundary;
+submitit lets the job carry on until SIGUSR2 or SIGKILL follows.
 """
 
 from __future__ import annotations
@@ -177,7 +181,8 @@ class TaskJob(Checkpointable):
                                         stale=self.stale, device=self.device, progress=False)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        """Requeue a fresh instance; it resumes from the run's ckpt/last.pt. The spec is the
+        """Requeue a fresh instance; it resumes from the run's ckpt/last.pt, which the runner
+        has written at the step boundary before handing SIGUSR2 to submitit. The spec is the
         same, so a requeued job must never discard the run dir: stale='error'."""
         return DelayedSubmission(TaskJob(self.task, self.spec, self.paths, "error", self.device))
 

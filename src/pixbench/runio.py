@@ -22,6 +22,17 @@ from pixbench.errors import UserError
 CKPT_NAME = "ckpt/last.pt"
 
 
+def under_root(path: Path | str, root: Path | str) -> Path:
+    """`path` resolved (symlinks followed, `..` folded), refused with a UserError unless it is
+    `root` itself or lies below it: a name that became a path never escapes its root. `path`
+    may be relative to the working directory, like `root`; neither needs to exist yet."""
+    root_abs = Path(root).expanduser().resolve()
+    resolved = Path(path).expanduser().resolve()
+    if resolved != root_abs and root_abs not in resolved.parents:
+        raise UserError(f"{path}: outside {root} (refused: names must not leave their root)")
+    return resolved
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

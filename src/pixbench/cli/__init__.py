@@ -41,11 +41,46 @@ mount(app)
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: a user error (UserError, or a flag the parser refuses) becomes one line on
+    stderr, `error: ...` naming the flag or file, and exit code 2; no usage box, no traceback."""
+    from pixbench.tasks.signals import die_with_parent  # stdlib only: SIGTERM when the parent dies
+
+    die_with_parent()
+    debug = os.environ.get("PIXBENCH_DEBUG") == "1"
     try:
-        app()
-    except UserError as exc:
-        if os.environ.get("PIXBENCH_DEBUG") == "1":
+        code = app(standalone_mode=False, prog_name="pixbench")
+    except typer.TyperException as exc:  # click's errors (typer vendors click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `pixbench vq`: the help is the answer
+            _show_help(exc)
+            sys.exit(exc.exit_code)
+        if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.exit(_fail(_click_message(exc), exc.exit_code))
+    except typer.Abort:
+        sys.exit(_fail("aborted", 1))
+    except UserError as exc:
+        if debug:
+            raise
+        sys.exit(_fail(str(exc), exc.exit_code))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_help(exc) -> None:
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+    except ImportError:  # typer without rich
+        exc.show()
+
+
+def _click_message(exc) -> str:
+    """click's message, prefixed by the command it refers to (`pixbench dit sample`)."""
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None and ctx.command_path else ""
+    return where + exc.format_message()
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code

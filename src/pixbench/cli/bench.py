@@ -14,13 +14,18 @@ SuiteOpt = Annotated[str, typer.Option(
     "--suite", help="auto | quick | cpu | cpu-compile | gpu (auto: gpu with CUDA, else cpu).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Where the JSON, summary and plots go.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", help="CPU threads (default: the idle cores).")]
+    "--threads", min=1, max=4096, help="CPU threads (default: the idle cores).")]
 
 
 @command("bench")
 def bench_cmd(suite: SuiteOpt = "auto", out: OutOpt = Path("reports/bench"),
               threads: ThreadsOpt = None) -> None:
     """Compute benchmarks: throughput, memory, MFU and scaling of pixel vs patch tokens."""
+    from pixbench.bench.plan import PROFILES
+    from pixbench.errors import UserError
+
+    if suite != "auto" and suite not in PROFILES:
+        raise UserError(f"--suite {suite!r}: expected auto, {', '.join(PROFILES)}")
     from pixbench.bench.cli_bench import bench_command
 
     bench_command(suite, out, threads)

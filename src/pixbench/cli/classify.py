@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from pixbench.cli.options import (PARAMS_FILE, ClusterOpt, LauncherOpt, ParamsOpt, PatchOpt,
-                                  ProfileOpt, SeedOpt, WaitOpt, command, load_params, noun,
-                                  size_option, spec_command)
+                                  ProfileOpt, SeedOpt, WaitOpt, check_run_flags, command,
+                                  load_params, noun, size_option, spec_command)
 from pixbench.errors import UserError
 
 app = noun("classify", help="Supervised classification track.")
@@ -40,6 +40,7 @@ def sweep_cmd(launcher: LauncherOpt = None, cluster: ClusterOpt = None, wait: Wa
     from pixbench.config import Paths, make_classify_spec
     from pixbench.launch import sweep
 
+    check_run_flags(launcher=launcher, cluster=cluster)
     params = load_params(params_path, profile)
     specs = [make_classify_spec(params, size=z, patch=p, seed=s) for z in params.sweep.sizes
              for p in params.sweep.patches for s in params.sweep.seeds]

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from pixbench.cli.options import (PARAMS_FILE, ClusterOpt, LauncherOpt, ParamsOpt, ProfileOpt,
-                                  WaitOpt, launch_and_print, load_params, noun)
+                                  WaitOpt, check_run_flags, launch_and_print, load_params,
+                                  noun)
 
 app = noun("data", help="Prepare dataset caches.")
 
@@ -22,6 +23,7 @@ def data_prepare(params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = Non
     """Build the uint8 cache (arrays + labels + manifest) for the profile's data section."""
     from pixbench.config.pipeline import make_prepare_spec
 
+    check_run_flags(launcher=launcher, cluster=cluster)
     spec = make_prepare_spec(load_params(params_path, profile), gen=gen)
     launch_and_print("prepare", spec, ("run_id", "path", "counts", "image_size", "channels",
                                        "num_classes", "job_id", "state"),

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from pixbench.cli.options import (PARAMS_FILE, ParamsOpt, PatchOpt, ProfileOpt, SeedOpt,
-                                  load_params, noun, size_option, spec_command)
+                                  check_name_flags, load_params, noun, size_option, spec_command)
+from pixbench.errors import UserError
 
 vq_app = noun("vq", help="VQGAN tokenizer: train, encode latents, reconstruction metrics.")
 featnet_app = noun("featnet", help="The small classifier whose features score samples (FID).")
@@ -79,14 +80,20 @@ def dit_eval(params, patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = None
 
 @dit_app.command("sample")
 def dit_sample(patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = None,
-               n: Annotated[int, typer.Option("-n", help="Samples (classes cycled).")] = 64,
+               n: Annotated[int, typer.Option("-n", min=1, max=100_000,
+                                             help="Samples (classes cycled).")] = 64,
                out: Annotated[Path, typer.Option("--out", help="PNG grid to write.")] = Path(
                    "samples.png"),
                params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = None) -> None:
     """Draw a sample grid from a trained DiT cell (EMA weights) with params' sampler."""
+    check_name_flags({"size": size})
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise UserError(f"--out {out}: expected a .png file path")
     params = load_params(params_path, profile)  # a bad flag fails before the heavy imports
-    from pixbench.config import Paths
+    from pixbench.config import Paths, make_dit_eval_spec
     from pixbench.tasks.gen.dit_eval import sample_grid
+
+    make_dit_eval_spec(params, size=size, patch=patch, seed=seed)  # --size/--patch, first
 
     path = sample_grid(params, Paths(), size=size, patch=patch, seed=seed, n=n, out=out)
     typer.echo(f"wrote {path}")

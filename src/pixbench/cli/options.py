@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -37,7 +38,10 @@ LauncherOpt = Annotated[Optional[str], typer.Option(
 ClusterOpt = Annotated[Optional[str], typer.Option(
     "--cluster", help="Cluster profile slurm/clusters/NAME.yaml (or PIXBENCH_CLUSTER).")]
 PatchOpt = Annotated[int, typer.Option("--patch", help="Patch size; 1 = pixel tokens.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for init, order, augmentation, masks.")]
+# 0 <= seed < 2**31: a seed is a valid numpy/torch/C-int seed everywhere and the run id keeps
+# the form s<digits> (`s-1` would read as a name separator).
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1,
+                                      help="Seed for init, order, augmentation, masks.")]
 StaleOpt = Annotated[str, typer.Option(
     "--stale", help="A run dir left by another spec: 'error' or 'restart' (discard it).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -83,10 +87,40 @@ def check_stale(stale: str) -> None:
         raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
 
 
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
+
+
+def check_run_flags(*, stale: str = "error", device: str = "auto", launcher: str | None = None,
+                    cluster: str | None = None, **_) -> None:
+    """The shared run flags, checked before params are read or anything is written (whether
+    CUDA is there is checked where the task runs: a SLURM node has what the login node lacks)."""
+    from pixbench.config.schema import check_name
+
+    check_stale(stale)
+    if not DEVICE_RE.fullmatch(device):
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if launcher is not None and launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher must be 'local' or 'slurm', not {launcher!r}")
+    if cluster is not None:
+        check_name(cluster, "--cluster")  # a file name under slurm/clusters/, never a path
+
+
+def check_name_flags(flags: dict, names: tuple[str, ...] = ("size", "variant", "target")) -> None:
+    """Flags that become parts of run ids (and so of paths) must be safe names."""
+    from pixbench.config.schema import check_name
+
+    for name in names:
+        if flags.get(name) is not None:
+            check_name(flags[name], f"--{name}")
+
+
 def load_params(path: Path, profile: str | None):
     """params.yaml, switched to `--profile` when one is given (it must be one of its profiles)."""
     from pixbench.config import load_params as load
+    from pixbench.config.schema import check_name
 
+    if profile is not None:
+        check_name(profile, "--profile")
     params = load(path)
     if profile is not None:
         if profile not in params.profiles:
@@ -129,7 +163,8 @@ def spec_command(sub_app: typer.Typer, name: str, *, task: str, keys: tuple[str,
 
         def run(**flags) -> None:
             run_flags = {p.name: flags.pop(p.name) for p in RUN_OPTIONS}
-            check_stale(run_flags["stale"])
+            check_run_flags(**run_flags)
+            check_name_flags(flags)
             params = load_params(flags.pop("params_path"), flags.pop("profile"))
             launch_and_print(task, make_spec(params, **flags), keys, **run_flags)
 

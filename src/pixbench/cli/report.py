@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pixbench.cli.options import (PARAMS_FILE, ClusterOpt, LauncherOpt, ParamsOpt, ProfileOpt,
-                                  WaitOpt, command, launch_and_print, load_params)
+                                  WaitOpt, check_run_flags, command, launch_and_print,
+                                  load_params)
 
 
 @command("report")
@@ -13,6 +14,7 @@ def report_cmd(params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = None,
     """Assemble the Markdown report and PNG plots from every metrics file of the profile."""
     from pixbench.config.pipeline import make_report_spec
 
+    check_run_flags(launcher=launcher, cluster=cluster)
     spec = make_report_spec(load_params(params_path, profile), params_path)
     launch_and_print("report", spec, ("path", "job_id", "state"), stale="error", device="cpu",
                      launcher=launcher, cluster=cluster, wait=wait)

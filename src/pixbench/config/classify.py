@@ -8,20 +8,20 @@ from typing import Literal
 
 from pydantic import Field
 
-from pixbench.config.schema import OptimConfig, Strict
+from pixbench.config.schema import Bool, Float, Int, OptimConfig, Seed, Strict
 
 Precision = Literal["auto", "fp32", "bf16"]
 
 
 class AugmentConfig(Strict):
-    hflip: bool = Field(description="Random horizontal flips.")
-    crop_padding: int = Field(ge=0, description="Random translation: pad by this many pixels "
+    hflip: Bool = Field(description="Random horizontal flips.")
+    crop_padding: Int = Field(ge=0, description="Random translation: pad by this many pixels "
                               "(reflect) and crop back.")
-    rrc_scale_min: float | None = Field(gt=0, le=1, description="RandomResizedCrop minimum "
+    rrc_scale_min: Float | None = Field(gt=0, le=1, description="RandomResizedCrop minimum "
                                         "area scale, or null for none.")
-    color_jitter: float = Field(ge=0, le=1, description="Brightness, contrast and saturation "
+    color_jitter: Float = Field(ge=0, le=1, description="Brightness, contrast and saturation "
                                 "jitter strength (MoCo v3 uses 0.4; no hue jitter).")
-    grayscale_p: float = Field(ge=0, le=1, description="Probability of converting an RGB "
+    grayscale_p: Float = Field(ge=0, le=1, description="Probability of converting an RGB "
                                "image to grayscale.")
 
 
@@ -29,55 +29,55 @@ class PermutationConfig(Strict):
     kind: Literal["none", "shuffle", "local"] = Field(description="A fixed pixel permutation "
                                                       "for train and val alike: none, a full "
                                                       "shuffle, or local swaps.")
-    swaps: int = Field(ge=0, description="local: number of swaps T (the paper's 25K on "
+    swaps: Int = Field(ge=0, description="local: number of swaps T (the paper's 25K on "
                        "224x224 ImageNet).")
-    distance: int = Field(ge=1, description="local: max Chebyshev distance δ of a swap.")
-    seed: int = Field(description="Seed of the permutation (fixed across runs and seeds).")
+    distance: Int = Field(ge=1, description="local: max Chebyshev distance δ of a swap.")
+    seed: Seed = Field(description="Seed of the permutation (fixed across runs and seeds).")
 
 
 class ClassifyConfig(Strict):
     pool: Literal["avg", "cls"] = Field(description="Global average pooling or a class token.")
-    drop_path: float = Field(ge=0, lt=1, description="Stochastic depth rate.")
+    drop_path: Float = Field(ge=0, lt=1, description="Stochastic depth rate.")
     pos_embed: Literal["learn", "sincos", "none"] = Field(description="Position embeddings: "
                                                           "learned from random init (the "
                                                           "paper's), fixed 2D sin-cos, or none.")
     permutation: PermutationConfig = Field(description="Fixed pixel permutation applied where "
                                            "tokens are made.")
-    train_subset: int | None = Field(gt=0, description="Use this many training images (a "
+    train_subset: Int | None = Field(gt=0, description="Use this many training images (a "
                                      "fixed, class-balanced subset), or null for all.")
-    val_subset: int | None = Field(gt=0, description="Evaluate on this many validation images "
+    val_subset: Int | None = Field(gt=0, description="Evaluate on this many validation images "
                                    "(fixed subset), or null for all.")
-    epochs: int = Field(gt=0, description="Training epochs over the (subset of the) train split.")
-    batch_size: int = Field(gt=0, description="Global training batch size.")
-    eval_batch_size: int = Field(gt=0, description="Evaluation batch size.")
-    label_smoothing: float = Field(ge=0, lt=1, description="Cross-entropy label smoothing.")
+    epochs: Int = Field(gt=0, description="Training epochs over the (subset of the) train split.")
+    batch_size: Int = Field(gt=0, description="Global training batch size.")
+    eval_batch_size: Int = Field(gt=0, description="Evaluation batch size.")
+    label_smoothing: Float = Field(ge=0, lt=1, description="Cross-entropy label smoothing.")
     optim: OptimConfig = Field(description="AdamW and its warm-up + cosine schedule.")
     augment: AugmentConfig = Field(description="Training augmentation (per dataset).")
     precision: Precision = Field(description="auto: bf16 autocast on CUDA, and on CPU only "
                                  "from width 192 where it measured 1.5-1.9x.")
-    checkpoint_every_s: float = Field(gt=0, description="Write the checkpoint at least this "
+    checkpoint_every_s: Float = Field(gt=0, description="Write the checkpoint at least this "
                                       "often (seconds) and at every epoch end.")
-    curve_every_steps: int | None = Field(gt=0, description="Also evaluate the learning curve "
+    curve_every_steps: Int | None = Field(gt=0, description="Also evaluate the learning curve "
                                           "(1000 fixed val images) every this many steps, "
                                           "besides every epoch end; null: epoch ends only.")
-    throughput_steps: int = Field(ge=1, description="Timed steps for the train/inference img/s "
+    throughput_steps: Int = Field(ge=1, description="Timed steps for the train/inference img/s "
                                   "and peak-memory measurement.")
 
 
 class PretrainConfig(Strict):
-    mask_ratio: float = Field(gt=0, lt=1, description="Share of tokens removed (MAE: 75%).")
+    mask_ratio: Float = Field(gt=0, lt=1, description="Share of tokens removed (MAE: 75%).")
     target: Literal["pix", "norm_pix"] = Field(description="Reconstruction target: pixels, or "
                                                 "MAE's per-patch normalised pixels (degenerate "
                                                 "at p=1: see models/mae.py).")
-    train_subset: int | None = Field(gt=0, description="Pre-training images (fixed "
+    train_subset: Int | None = Field(gt=0, description="Pre-training images (fixed "
                                      "class-balanced subset; labels unused), or null for all.")
-    epochs: int = Field(gt=0, description="Pre-training epochs.")
-    batch_size: int = Field(gt=0, description="Global pre-training batch size.")
+    epochs: Int = Field(gt=0, description="Pre-training epochs.")
+    batch_size: Int = Field(gt=0, description="Global pre-training batch size.")
     optim: OptimConfig = Field(description="AdamW and its warm-up + cosine schedule.")
     augment: AugmentConfig = Field(description="Pre-training augmentation.")
     precision: Precision = Field(description="As classify.")
-    checkpoint_every_s: float = Field(gt=0, description="Checkpoint interval (seconds).")
-    throughput_steps: int = Field(ge=1, description="Timed steps for img/s and memory.")
+    checkpoint_every_s: Float = Field(gt=0, description="Checkpoint interval (seconds).")
+    throughput_steps: Int = Field(ge=1, description="Timed steps for img/s and memory.")
 
 
 class MaeConfig(Strict):

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from pixbench.config.classify import ClassifyConfig, PretrainConfig
 from pixbench.config.params import Params
-from pixbench.config.schema import DataConfig, Digestible
+from pixbench.config.schema import DataConfig, Digestible, Int, SafeName, Seed
 from pixbench.errors import UserError
 
 Task = Literal["classify", "mae-scratch", "mae-finetune", "mae-linprobe"]
@@ -22,11 +22,11 @@ class RunSpec(Digestible):
     from an MAE encoder); its hash guards resume and reuse."""
 
     task: Task = "classify"
-    profile: str
-    size: str
-    patch: int
-    seed: int
-    variant: str | None = None
+    profile: SafeName
+    size: SafeName
+    patch: Int
+    seed: Seed
+    variant: SafeName | None = None
     data: DataConfig
     classify: ClassifyConfig
     init: dict | None = Field(None, description="Pre-trained encoder: {run_id, digest} of the "
@@ -42,11 +42,11 @@ class PretrainSpec(Digestible):
     """Everything that determines an MAE pre-training run's result."""
 
     task: Literal["mae-pretrain"] = "mae-pretrain"
-    profile: str
-    size: str
-    patch: int
-    seed: int
-    variant: str | None = None  # the target, when not the profile's
+    profile: SafeName
+    size: SafeName
+    patch: Int
+    seed: Seed
+    variant: SafeName | None = None  # the target, when not the profile's
     data: DataConfig
     pretrain: PretrainConfig
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
-from pixbench.config.schema import DataConfig, OptimConfig, Strict
+from pixbench.config.schema import (Bool, DataConfig, Float, Int, OptimConfig, SafeName, Seed,
+                                    Strict)
 
 
 class PretrainedTokenizer(Strict):
@@ -30,35 +31,36 @@ class VQConfig(Strict):
 
     pretrained: PretrainedTokenizer | None = Field(description="Load this tokenizer instead "
                                                    "of training one, or null.")
-    downsample: int = Field(description="Spatial down-sampling factor f (a power of 2): "
+    downsample: Int = Field(description="Spatial down-sampling factor f (a power of 2): "
                             "latents are (image_size / f)^2.")
-    base_channels: int = Field(gt=0, description="Encoder width at full resolution; doubles "
+    base_channels: Int = Field(gt=0, description="Encoder width at full resolution; doubles "
                                "at each down-sampling.")
-    layers_per_block: int = Field(ge=1, description="ResNet blocks per resolution.")
-    mid_attention: bool = Field(description="Self-attention in the bottleneck.")
-    latent_channels: int = Field(gt=0, description="Latent channels (= code dimension).")
-    codebook_size: int = Field(ge=2, description="Number of codes.")
-    commitment: float = Field(ge=0, description="β of the commitment loss "
+    layers_per_block: Int = Field(ge=1, description="ResNet blocks per resolution.")
+    mid_attention: Bool = Field(description="Self-attention in the bottleneck.")
+    latent_channels: Int = Field(gt=0, description="Latent channels (= code dimension).")
+    codebook_size: Int = Field(ge=2, description="Number of codes.")
+    commitment: Float = Field(ge=0, description="β of the commitment loss "
                               "(van den Oord et al. 2017).")
-    dead_code_steps: int = Field(ge=0, description="Re-seed a code from a random encoder "
+    dead_code_steps: Int = Field(ge=0, description="Re-seed a code from a random encoder "
                                  "output when unused for this many steps (0: never).")
-    disc_start_step: int = Field(ge=0, description="Add the PatchGAN loss from this step.")
-    disc_weight: float = Field(ge=0, description="Scale of taming's adaptive adversarial "
+    disc_start_step: Int = Field(ge=0, description="Add the PatchGAN loss from this step.")
+    disc_weight: Float = Field(ge=0, description="Scale of taming's adaptive adversarial "
                                "weight (0: no GAN).")
-    disc_channels: int = Field(gt=0, description="PatchGAN width.")
-    disc_layers: int = Field(ge=1, description="Strided PatchGAN layers.")
-    steps: int = Field(gt=0, description="Training steps.")
-    batch_size: int = Field(gt=0, description="Training batch size.")
-    lr: float = Field(gt=0, description="Adam learning rate (generator and discriminator).")
-    betas: tuple[float, float] = Field(description="Adam betas (taming: 0.5, 0.9).")
-    eval_images: int = Field(gt=0, description="Validation images for PSNR / L1 / codes.")
-    checkpoint_every_s: float = Field(gt=0, description="Checkpoint interval (seconds).")
+    disc_channels: Int = Field(gt=0, description="PatchGAN width.")
+    disc_layers: Int = Field(ge=1, description="Strided PatchGAN layers.")
+    steps: Int = Field(gt=0, description="Training steps.")
+    batch_size: Int = Field(gt=0, description="Training batch size.")
+    lr: Float = Field(gt=0, description="Adam learning rate (generator and discriminator).")
+    betas: tuple[Float, Float] = Field(description="Adam betas (taming: 0.5, 0.9).")
+    eval_images: Int = Field(gt=0, description="Validation images for PSNR / L1 / codes.")
+    checkpoint_every_s: Float = Field(gt=0, description="Checkpoint interval (seconds).")
 
-    @model_validator(mode="after")
-    def _check(self) -> VQConfig:
-        if self.downsample < 1 or self.downsample & (self.downsample - 1):
-            raise ValueError(f"downsample={self.downsample} is not a power of 2")
-        return self
+    @field_validator("downsample")
+    @classmethod
+    def _power_of_2(cls, value: int) -> int:
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"downsample={value} is not a power of 2")
+        return value
 
     @property
     def levels(self) -> int:
@@ -66,12 +68,12 @@ class VQConfig(Strict):
 
 
 class FeatNetConfig(Strict):
-    width: int = Field(gt=0, description="CNN width of the first stage.")
-    feature_dim: int = Field(gt=0, description="Penultimate features (FID/KID/PRC space).")
-    epochs: int = Field(gt=0, description="Training epochs.")
-    batch_size: int = Field(gt=0, description="Training batch size.")
-    lr: float = Field(gt=0, description="AdamW peak learning rate (cosine).")
-    train_subset: int | None = Field(gt=0, description="Class-balanced training subset, or "
+    width: Int = Field(gt=0, description="CNN width of the first stage.")
+    feature_dim: Int = Field(gt=0, description="Penultimate features (FID/KID/PRC space).")
+    epochs: Int = Field(gt=0, description="Training epochs.")
+    batch_size: Int = Field(gt=0, description="Training batch size.")
+    lr: Float = Field(gt=0, description="AdamW peak learning rate (cosine).")
+    train_subset: Int | None = Field(gt=0, description="Class-balanced training subset, or "
                                      "null for all.")
 
 
@@ -80,49 +82,49 @@ class DitConfig(Strict):
 
     pos_embed: Literal["learn", "sincos"] = Field(description="learn: the paper's pixel model "
                                                   "(PiT); sincos: DiT's fixed 2D embedding.")
-    class_dropout: float = Field(ge=0, lt=1, description="Label dropout for classifier-free "
+    class_dropout: Float = Field(ge=0, lt=1, description="Label dropout for classifier-free "
                                  "guidance.")
-    num_train_timesteps: int = Field(gt=0, description="Diffusion steps T.")
+    num_train_timesteps: Int = Field(gt=0, description="Diffusion steps T.")
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
         description="diffusers beta schedule (DiT: linear 1e-4..0.02).")
-    steps: int = Field(gt=0, description="Training steps.")
-    batch_size: int = Field(gt=0, description="Training batch size.")
+    steps: Int = Field(gt=0, description="Training steps.")
+    batch_size: Int = Field(gt=0, description="Training batch size.")
     optim: OptimConfig = Field(description="AdamW and its warm-up + cosine schedule (DiT: "
                                "constant 1e-4, no decay: min_lr_ratio 1, warmup 0).")
-    ema_decay: float = Field(ge=0, lt=1, description="EMA of the weights; samples use it.")
-    curve_every_steps: int | None = Field(gt=0, description="Also measure FID (on "
+    ema_decay: Float = Field(ge=0, lt=1, description="EMA of the weights; samples use it.")
+    curve_every_steps: Int | None = Field(gt=0, description="Also measure FID (on "
                                           "curve_samples samples) every this many steps, or "
                                           "null for none.")
-    curve_samples: int = Field(gt=1, description="Samples per FID-vs-step point.")
+    curve_samples: Int = Field(gt=1, description="Samples per FID-vs-step point.")
     precision: Literal["auto", "fp32", "bf16"] = Field(description="As classify.")
-    checkpoint_every_s: float = Field(gt=0, description="Checkpoint interval (seconds).")
+    checkpoint_every_s: Float = Field(gt=0, description="Checkpoint interval (seconds).")
 
 
 class SampleConfig(Strict):
     sampler: Literal["ddim", "ddpm"] = Field(description="diffusers scheduler.")
-    steps: int = Field(gt=0, description="Denoising steps.")
-    eta: float = Field(ge=0, le=1, description="DDIM η (0: deterministic given the noise).")
-    cfg_scale: float = Field(ge=1, description="Classifier-free guidance scale (1: none).")
-    num_samples: int = Field(gt=1, description="Samples for the metrics (classes balanced).")
-    batch_size: int = Field(gt=0, description="Sampling batch size.")
+    steps: Int = Field(gt=0, description="Denoising steps.")
+    eta: Float = Field(ge=0, le=1, description="DDIM η (0: deterministic given the noise).")
+    cfg_scale: Float = Field(ge=1, description="Classifier-free guidance scale (1: none).")
+    num_samples: Int = Field(gt=1, description="Samples for the metrics (classes balanced).")
+    batch_size: Int = Field(gt=0, description="Sampling batch size.")
 
 
 class FidConfig(Strict):
     reference: Literal["train", "val"] = Field(description="Real split the samples are "
                                                "compared with.")
-    reference_images: int | None = Field(gt=1, description="Real images for the reference "
+    reference_images: Int | None = Field(gt=1, description="Real images for the reference "
                                          "statistics (class-balanced), or null for all.")
-    kid_subset_size: int = Field(gt=1, description="KID subset size (≤ samples).")
-    prc_neighborhood: int = Field(gt=0, description="k of precision/recall (Kynkäänniemi "
+    kid_subset_size: Int = Field(gt=1, description="KID subset size (≤ samples).")
+    prc_neighborhood: Int = Field(gt=0, description="k of precision/recall (Kynkäänniemi "
                                   "et al. 2019).")
-    inception: bool = Field(description="Also report Inception-v3 metrics when its weights "
+    inception: Bool = Field(description="Also report Inception-v3 metrics when its weights "
                             "are on this machine (PIXBENCH_INCEPTION_WEIGHTS).")
 
 
 class LatentsConfig(Strict):
-    train_subset: int | None = Field(gt=0, description="Training images encoded for the DiT "
+    train_subset: Int | None = Field(gt=0, description="Training images encoded for the DiT "
                                      "(class-balanced subset), or null for all.")
-    val_subset: int | None = Field(gt=0, description="Validation images encoded, or null for "
+    val_subset: Int | None = Field(gt=0, description="Validation images encoded, or null for "
                                    "all.")
 
 
@@ -137,11 +139,11 @@ class GenConfig(Strict):
 
 
 class GenSweep(Strict):
-    sizes: list[str] = Field(min_length=1, description="DiT size keys (xxs, xs, s, b, l, xl).")
-    patches: list[int] = Field(min_length=1, description="Latent patch sizes (1 = pixel "
+    sizes: list[SafeName] = Field(min_length=1, description="DiT size keys (xxs, xs, s, b, l, xl).")
+    patches: list[Int] = Field(min_length=1, description="Latent patch sizes (1 = pixel "
                                "tokens, the paper's PiT).")
-    seeds: list[int] = Field(min_length=1, description="Seeds of the DiT runs.")
-    tokenizer_seed: int = Field(description="Seed of the one tokenizer all DiT runs share.")
+    seeds: list[Seed] = Field(min_length=1, description="Seeds of the DiT runs.")
+    tokenizer_seed: Seed = Field(description="Seed of the one tokenizer all DiT runs share.")
 
 
 def latent_side(gen: GenConfig) -> int:
@@ -154,6 +156,12 @@ def gen_problems(gen: GenConfig, sweep: GenSweep | None, where: str) -> list[str
     if gen.data.image_size % gen.vq.downsample:
         out.append(f"{where}.vq.downsample={gen.vq.downsample} does not divide "
                    f"{where}.data.image_size={gen.data.image_size}")
+    if sweep is not None:
+        from pixbench.models.dit import DIT_SIZES
+
+        unknown = [z for z in sweep.sizes if z not in DIT_SIZES]
+        if unknown:
+            out.append(f"gen_sweep.sizes {unknown} are not DiT sizes ({', '.join(DIT_SIZES)})")
     side = latent_side(gen)
     bad = [p for p in (sweep.patches if sweep else []) if p < 1 or side % p]
     if bad:

@@ -12,7 +12,7 @@ from pydantic import Field
 from pixbench.config.gen import (DitConfig, FeatNetConfig, FidConfig, GenConfig, LatentsConfig,
                                  SampleConfig, VQConfig, latent_side)
 from pixbench.config.params import Params
-from pixbench.config.schema import DataConfig, Digestible
+from pixbench.config.schema import DataConfig, Digestible, Int, SafeName, Seed
 from pixbench.errors import UserError
 
 
@@ -21,8 +21,8 @@ class VQSpec(Digestible):
     """Everything that determines a tokenizer: its run id is `vq-s{seed}` (one per profile)."""
 
     task: Literal["vq"] = "vq"
-    profile: str
-    seed: int
+    profile: SafeName
+    seed: Seed
     data: DataConfig
     vq: VQConfig
 
@@ -33,8 +33,8 @@ class VQSpec(Digestible):
 
 class FeatNetSpec(Digestible):
     task: Literal["featnet"] = "featnet"
-    profile: str
-    seed: int
+    profile: SafeName
+    seed: Seed
     data: DataConfig
     featnet: FeatNetConfig
 
@@ -48,10 +48,10 @@ class DitSpec(Digestible):
     the training digest (they are recorded with each evaluation)."""
 
     task: Literal["dit"] = "dit"
-    profile: str
-    size: str
-    patch: int
-    seed: int
+    profile: SafeName
+    size: SafeName
+    patch: Int
+    seed: Seed
     tokenizer: dict = Field(description="{run_id, digest} of the tokenizer whose latents it "
                             "learns.")
     dit: DitConfig
@@ -69,7 +69,7 @@ class EncodeSpec(Digestible):
     """Cached latents of one tokenizer: run id `{tokenizer run id}-latents`."""
 
     task: Literal["vq-encode"] = "vq-encode"
-    profile: str
+    profile: SafeName
     tokenizer: dict = Field(description="{run_id, digest} of the tokenizer.")
     data: DataConfig
     latents: LatentsConfig
@@ -83,11 +83,11 @@ class VQEvalSpec(Digestible):
     """Reconstruction metrics of one tokenizer on the validation split (rFID on FeatNet)."""
 
     task: Literal["vq-eval"] = "vq-eval"
-    profile: str
+    profile: SafeName
     tokenizer: dict = Field(description="{run_id, digest} of the tokenizer.")
     featnet: dict = Field(description="{run_id, digest} of the FID classifier.")
-    eval_images: int
-    sanity_samples: int = Field(description="Images per side of the sanity FIDs (real val, "
+    eval_images: Int
+    sanity_samples: Int = Field(description="Images per side of the sanity FIDs (real val, "
                                 "noise), as many as the DiT samples so the bias is the same.")
     fid: FidConfig
 
@@ -100,11 +100,11 @@ class DitEvalSpec(Digestible):
     """Sampling + FID/IS/KID/PR of one DiT run."""
 
     task: Literal["dit-eval"] = "dit-eval"
-    profile: str
+    profile: SafeName
     dit: dict = Field(description="{run_id, digest} of the DiT run.")
     tokenizer: dict = Field(description="{run_id, digest} of the tokenizer that decodes.")
     featnet: dict = Field(description="{run_id, digest} of the FID classifier.")
-    seed: int
+    seed: Seed
     sample: SampleConfig
     fid: FidConfig
 

@@ -201,22 +201,33 @@ def _problems(exc: ValidationError, where) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        if not err["loc"]:
+        loc = tuple(err["loc"])
+        if not loc:
             out += msg.splitlines()  # cross-section checks: each line names its own keys
+        elif loc[-1] == "[key]":  # a mapping's key (a profile or variant name)
+            out.append(f"{where(loc[:-2])}: key {msg}")
         else:
-            out.append(f"{where(err['loc'])}: {msg}")
+            out.append(f"{where(loc)}: {msg}")
     return out
 
 
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a params file")
     if not path.is_file():
         raise UserError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({exc.strerror or exc.__class__.__name__})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}{where}: invalid YAML") from None
+    except RecursionError:  # deeply nested flow collections
+        raise UserError(f"{path}: invalid YAML (nested too deeply)") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping")
     return raw or {}

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from pixbench.config.classify import ClassifyConfig, MaeConfig, PermutationConfig
 from pixbench.config.gen import GenConfig, GenSweep, gen_problems
-from pixbench.config.schema import DataConfig, Strict
+from pixbench.config.schema import DataConfig, Int, SafeName, Seed, Strict
 
 
 class Profile(Strict):
@@ -28,11 +28,11 @@ class Profile(Strict):
 
 
 class Sweep(Strict):
-    sizes: list[str] = Field(min_length=1, description="Model size keys of the DVC matrix "
+    sizes: list[SafeName] = Field(min_length=1, description="Model size keys of the DVC matrix "
                              "(xxs, xs, m, t, s, b, l); the first is `--size`'s default.")
-    patches: list[int] = Field(min_length=1, description="Patch sizes of the DVC matrix "
+    patches: list[Int] = Field(min_length=1, description="Patch sizes of the DVC matrix "
                                "(1 = pixel tokens).")
-    seeds: list[int] = Field(min_length=1, description="Seeds of the DVC matrix.")
+    seeds: list[Seed] = Field(min_length=1, description="Seeds of the DVC matrix.")
 
 
 class Variant(Strict):
@@ -45,27 +45,27 @@ class Variant(Strict):
 
 
 class Locality(Strict):
-    variants: dict[str, Variant] = Field(description="Named locality ablations: overrides of "
+    variants: dict[SafeName, Variant] = Field(description="Named locality ablations: overrides of "
                                          "the classify recipe; nothing else changes.")
-    run: list[str] = Field(description="Variants the DVC locality matrix runs (x sweep sizes "
+    run: list[SafeName] = Field(description="Variants the DVC locality matrix runs (x sweep sizes "
                            "x sweep patches x locality seeds).")
-    seeds: list[int] = Field(min_length=1, description="Seeds of the locality matrix.")
+    seeds: list[Seed] = Field(min_length=1, description="Seeds of the locality matrix.")
 
 
 class MaeSweep(Sweep):
     alt_target: Literal["pix", "norm_pix"] | None = Field(description="A second "
                                                           "reconstruction target to compare, "
                                                           "run on alt_patches, or null.")
-    alt_patches: list[int] = Field(description="Patch sizes for alt_target (norm_pix is "
+    alt_patches: list[Int] = Field(description="Patch sizes for alt_target (norm_pix is "
                                    "undefined at p=1 on gray data).")
 
 
 class Params(Strict):
-    profile: str = Field(description="The active profile: the one switch between the CPU "
+    profile: SafeName = Field(description="The active profile: the one switch between the CPU "
                          "default and the paper recipes.")
     sweep: Sweep = Field(description="Cells of the DVC matrix (sizes x patch sizes x seeds).")
     mae_sweep: MaeSweep = Field(description="Cells of the MAE track's DVC matrices.")
-    profiles: dict[str, Profile] = Field(description="Named data + recipe presets, resolved "
+    profiles: dict[SafeName, Profile] = Field(description="Named data + recipe presets, resolved "
                                          "(recipes with each profile's overrides merged in).")
     locality: Locality = Field(description="Locality ablations (pixel permutation, position "
                                "embeddings).")

@@ -11,6 +11,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pixbench.config.schema import check_name
+from pixbench.runio import under_root
+
 
 class Paths(BaseSettings):
     """Machine paths only (PIXBENCH_*); hyper-parameters never come from the environment."""
@@ -24,10 +27,21 @@ class Paths(BaseSettings):
     logs_dir: Path = Field(Path("logs"), description="Launcher logs (submitit folders).")
 
     def cache_for(self, profile: str) -> Path:
-        return self.cache_dir / profile
+        """data/<profile>: the classification cache of a profile (a safe name, inside)."""
+        return self._below(self.cache_dir, check_name(profile, "profile"))
 
     def gen_cache_for(self, profile: str) -> Path:
-        return self.cache_dir / f"{profile}-gen"
+        return self._below(self.cache_dir, f"{check_name(profile, 'profile')}-gen")
 
     def run_dir(self, profile: str, run_id: str) -> Path:
-        return self.runs_dir / profile / run_id
+        """runs/<profile>/<run_id>; both must be safe names, and the result lies below runs_dir
+        (also through symlinks). Relative as configured, so messages show the short path."""
+        check_name(profile, "profile")
+        check_name(run_id, "run id")
+        return self._below(self.runs_dir, profile, run_id)
+
+    @staticmethod
+    def _below(root: Path, *names: str) -> Path:
+        path = Path(root).joinpath(*names)
+        under_root(path, root)
+        return path

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pixbench.config.schema import DataConfig, Digestible
+from pixbench.config.schema import DataConfig, Digestible, SafeName
 from pixbench.errors import UserError
 
 
@@ -14,7 +14,7 @@ class PrepareSpec(Digestible):
     """One dataset cache: the classification track's or the generation track's images."""
 
     task: Literal["prepare"] = "prepare"
-    profile: str
+    profile: SafeName
     track: Literal["classify", "gen"]
     data: DataConfig
 
@@ -27,7 +27,7 @@ class ReportSpec(Digestible):
     """The report of one profile, built from the params file it names (read where it runs)."""
 
     task: Literal["report"] = "report"
-    profile: str
+    profile: SafeName
     params_file: str
 
     @property

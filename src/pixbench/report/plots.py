@@ -20,6 +20,17 @@ def _plt():
     return matplotlib, plt
 
 
+def fig_path(out_dir: Path, name: str) -> Path:
+    """out_dir/name for a figure whose name is built from params and metrics values (profile,
+    dataset, size): a safe file name, and the path stays below out_dir."""
+    from pixbench.config.schema import check_name
+    from pixbench.runio import under_root
+
+    path = Path(out_dir) / check_name(name, "report figure")
+    under_root(path, out_dir)
+    return path
+
+
 def _savefig(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
@@ -36,7 +47,7 @@ def finish_axes(fig, ax, *, xlabel: str, ylabel: str, out_dir: Path, name: str,
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _savefig(fig, out_dir / name)
+    _savefig(fig, fig_path(out_dir, name))
     plt.close(fig)
     return name
 
@@ -70,7 +81,7 @@ def plot_accuracy(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> 
         ax.grid(alpha=0.3)
         ax.legend()
         name = f"{stem}_top1_vs_{kind}.png"
-        _savefig(fig, out_dir / name)
+        _savefig(fig, fig_path(out_dir, name))
         plt.close(fig)
         names.append(name)
     return names
@@ -143,6 +154,6 @@ def plot_reconstructions(items: list[tuple[str, Path]], out_dir: Path, stem: str
                     ax.set_title(titles[kind], fontsize=7)
         axes[row][0].set_ylabel(label, fontsize=8)
     name = f"{stem}_reconstructions.png"
-    _savefig(fig, out_dir / name)
+    _savefig(fig, fig_path(out_dir, name))
     plt.close(fig)
     return name

@@ -4,17 +4,24 @@ A task is a spec class (config/) plus a `run(spec, paths, *, stale, device, prog
 builds its data and model and trains/evaluates; everything else lives here, once:
 
 - the run-dir lifecycle: a finished run of the same spec digest is reused, a run dir left by
-  another spec is refused (or discarded with `--stale restart`);
+  another spec is refused (or discarded with `--stale restart`, only inside the runs dir);
+- one process per run dir: `describe` (the first write) takes the run-dir lock (rundir.py)
+  and checks the run dir again under it; `close` (or leaving `with run:`) releases it;
 - the rank-aware device (each DDP rank takes its local GPU) and rank-0-only writes;
 - the self-describing run dir: spec.json (resolved spec + digest), manifest.json (git SHA,
   versions, device, seed, world size);
 - ONE checkpoint path (`ckpt/last.pt`) holding ONE `State` beside every module's and
   optimiser's state_dict, loaded with `weights_only=True`;
-- the guard before every checkpoint write: a non-finite running loss or weight stops the run
-  with the last good checkpoint untouched (the reliability issue adds the signal-triggered
-  checkpoint and the run-dir lock at `Run.tick` and `Run.open`);
+- stop signals (signals.py): SIGTERM/SIGUSR2 are recorded while training state is registered
+  and acted on at the next `tick`: checkpoint, then exit (local) or requeue (SLURM), so at
+  most the step in flight is redone;
+- the divergence guard: a non-finite loss stops the run at the step it appears (checked at
+  every tick: the losses are host floats already), non-finite weights stop it before a
+  checkpoint write, non-finite results before metrics.json; the last good checkpoint is
+  never overwritten;
 - atomic result files, metrics.json last: its presence marks the run finished.
 
+Ranks agree on every branch (stop, diverged, refused) through one small collective.
 MAE's launcher resumed from `checkpoint.pth` while saving `checkpoint-%s.pth`; with one path owned
 by `Run.restore`/`Run.save` that cannot happen here.
 """
@@ -22,8 +29,7 @@ by `Run.restore`/`Run.save` that cannot happen here.
 from __future__ import annotations
 
 import dataclasses
-import math
-import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +38,12 @@ import torch
 from torch import nn
 
 from pixbench import distributed
-from pixbench.config.schema import spec_diff
 from pixbench.errors import UserError
 from pixbench.runio import (CKPT_NAME, atomic_write_bytes, atomic_write_json, load_checkpoint,
                             read_json, run_manifest, save_checkpoint)
-
-METRICS = "metrics.json"
+from pixbench.tasks.guards import finite_loss, float_tensors, nonfinite
+from pixbench.tasks.rundir import METRICS, RunLock, finished_metrics
+from pixbench.tasks.signals import STOP, Interrupted, signal_name
 
 
 @dataclasses.dataclass
@@ -85,65 +91,61 @@ def pick_device(requested: str) -> torch.device:
     return device
 
 
-def finished_metrics(run_dir: Path, spec, stale: str) -> dict | None:
-    """Check an existing run dir against the spec: its metrics when finished with this spec;
-    None when there is nothing (left) to reuse. Another spec's run dir is an error naming the
-    differing fields, unless stale == "restart", which discards it (what DVC does after a
-    params change)."""
-    spec_path = run_dir / "spec.json"
-    if not run_dir.exists():
-        return None
-    if spec_path.exists():
-        old = read_json(spec_path, "run spec")
-        if old.get("digest") == spec.digest():
-            metrics = run_dir / METRICS
-            return read_json(metrics, "metrics") if metrics.exists() else None
-        if stale != "restart":
-            diff = spec_diff(old.get("spec", {}), spec.canonical())
-            what = run_dir / CKPT_NAME if (run_dir / CKPT_NAME).exists() else spec_path
-            raise UserError(f"{what} was written for another spec "
-                            f"({'; '.join(diff[:3]) or 'digest'}); pass --stale restart to discard it")
-    elif (run_dir / CKPT_NAME).exists() and stale != "restart":
-        raise UserError(f"{run_dir / CKPT_NAME} has no spec.json beside it; pass --stale restart")
-    shutil.rmtree(run_dir)
-    return None
-
-
 class Run:
     """One run of one spec on this rank. `Run.open` returns the finished metrics instead when
-    the run dir already holds them (on every rank)."""
+    the run dir already holds them (on every rank). Use it as `with run:` so the lock and the
+    signal handlers are released however the task ends."""
 
-    def __init__(self, spec, paths, device: torch.device, checkpoint_every_s: float) -> None:
-        self.spec, self.paths, self.device = spec, paths, device
+    def __init__(self, spec, paths, device: torch.device, checkpoint_every_s: float,
+                 stale: str = "error") -> None:
+        self.spec, self.paths, self.device, self.stale = spec, paths, device, stale
         self.dir = paths.run_dir(spec.profile, spec.run_id)
         self.ckpt_path = self.dir / CKPT_NAME
         self.checkpoint_every_s = checkpoint_every_s
         self.modules: dict[str, Any] = {}
         self._session_start = self._last_save = time.monotonic()
         self._wall_base = 0.0
+        self._lock = RunLock(self.dir)
+        self._claimed = False
+        self._saved_step: int | None = None  # the step of the checkpoint on disk
 
     @classmethod
     def open(cls, spec, paths, *, stale: str = "error", device: str = "auto",
              checkpoint_every_s: float = 600.0) -> Run | dict:
+        """Read-only checks of an existing run dir (a refused run writes nothing); the lock and
+        a stale dir's deletion wait for `describe`."""
         if stale not in ("error", "restart"):
             raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
         run_dir = paths.run_dir(spec.profile, spec.run_id)
-        done = finished_metrics(run_dir, spec, stale) if distributed.is_main() else None
-        distributed.barrier()  # rank 0 may have discarded a stale dir
-        if done is not None or (run_dir / METRICS).exists():
+        done = _on_main(lambda: finished_metrics(run_dir, spec, stale, paths.runs_dir,
+                                                  delete=False))
+        if distributed.max_over_ranks([int(done is not None)])[0]:
             done = done or read_json(run_dir / METRICS, "metrics")
             if distributed.is_main():  # DVC removed its copies before re-running the stage
                 publish(paths, spec, done, run_dir / "curve.json")
             return done
-        return cls(spec, paths, pick_device(device), checkpoint_every_s)
+        return cls(spec, paths, pick_device(device), checkpoint_every_s, stale)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+    def close(self, ok: bool = False) -> None:
+        """Release the lock and restore the signal handlers (idempotent). After a finished run
+        (`ok`), a stop signal that came after the last step boundary is delivered now."""
+        self._lock.release()
+        STOP.disarm(self, deliver=ok)
 
     @property
     def is_main(self) -> bool:
         return distributed.is_main()
 
     def describe(self, **extra: Any) -> None:
-        """spec.json + manifest.json. Call after inputs are checked, so a refused run leaves
-        no run-dir stub behind."""
+        """spec.json + manifest.json. Call after inputs are checked and before anything else
+        is written or restored: it claims the run dir."""
+        self._claim()
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.dir / "spec.json",
@@ -152,14 +154,34 @@ class Run:
                               {**run_manifest(getattr(self.spec, "seed", None), str(self.device)),
                                "world_size": distributed.world_size(), **extra})
 
+    def _claim(self) -> None:
+        """Before the first write: take the run-dir lock (rank 0; another holder is a one-line
+        refusal), check the run dir again under it and discard a stale one."""
+        if self._claimed:
+            return
+        self._claimed = True
+
+        def claim() -> None:
+            self._lock.acquire()
+            if finished_metrics(self.dir, self.spec, self.stale, self.paths.runs_dir, delete=True):
+                raise UserError(f"{self.dir} was finished by another process meanwhile; run "
+                                "the same command again to reuse it")
+
+        _on_main(claim)
+
     # ---------------------------------------------------------------------- checkpoint
 
     def restore(self, **modules: Any) -> State:
         """Register what the checkpoint holds (modules, optimisers: anything with
-        state_dict/load_state_dict) and load it from ckpt/last.pt when there is one."""
+        state_dict/load_state_dict) and load it from ckpt/last.pt when there is one. From here
+        on a stop signal waits for the next step boundary."""
         self.modules = modules
-        if not self.ckpt_path.exists():
-            return State()
+        state = self._load(modules) if self.ckpt_path.exists() else State()
+        self._wall_base = state.wall_time_s
+        STOP.arm(self)
+        return state
+
+    def _load(self, modules: dict) -> State:
         ckpt = load_checkpoint(self.ckpt_path)
         if not isinstance(ckpt, dict) or "modules" not in ckpt or "spec_digest" not in ckpt:
             raise UserError(f"{self.ckpt_path}: not a pixbench checkpoint")
@@ -173,36 +195,80 @@ class Run:
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{self.ckpt_path}: does not fit this run "
                             f"({str(exc).splitlines()[0]})") from None
-        self._wall_base = state.wall_time_s
+        self._saved_step = state.global_step
         return state
 
     def tick(self, state: State) -> None:
-        """After every optimiser step: checkpoint when `checkpoint_every_s` has passed."""
-        if time.monotonic() - self._last_save >= self.checkpoint_every_s:
-            self.save(state)
+        """After every optimiser step: stop on a non-finite loss; checkpoint when
+        `checkpoint_every_s` has passed, or when a stop signal came (then stop)."""
+        stop = self._poll(state)
+        if stop or time.monotonic() - self._last_save >= self.checkpoint_every_s:
+            self._save(state, stop)
+
+    def check(self, state: State) -> None:
+        """The loss guard alone, before a task logs a curve row outside the run dir (dvclive)."""
+        self._poll(state)
 
     def save(self, state: State) -> None:
         """Write ckpt/last.pt (rank 0), after the guard: a diverged run never overwrites its
-        last good checkpoint."""
+        last good checkpoint. A stop signal received by now is acted on after the write."""
+        self._save(state, self._poll(state))
+
+    def _poll(self, state: State) -> int:
+        """Every rank's verdict at this step: raise when the loss is non-finite on any rank;
+        return the stop signal's code (0: none) of any rank."""
+        bad, stop = distributed.max_over_ranks(
+            [int(not finite_loss(state)), STOP.code() if STOP.owner is self else 0])
+        if bad:
+            raise self._diverged(state, "loss")
+        return stop
+
+    def _save(self, state: State, stop: int) -> None:
         now = time.monotonic()
         state.wall_time_s = self._wall_base + (now - self._session_start)
         self._last_save = now
-        self._check_finite(state)
-        if not self.is_main:
-            return
-        save_checkpoint(self.ckpt_path, {
-            "modules": {k: _unwrap(v).state_dict() for k, v in self.modules.items()},
-            "state": dataclasses.asdict(state), "spec_digest": self.spec.digest(),
-            "spec": self.spec.canonical(), "torch": str(torch.__version__)})
+        self._check_weights(state)
+        if self.is_main:
+            save_checkpoint(self.ckpt_path, {
+                "modules": {k: _unwrap(v).state_dict() for k, v in self.modules.items()},
+                "state": dataclasses.asdict(state), "spec_digest": self.spec.digest(),
+                "spec": self.spec.canonical(), "torch": str(torch.__version__)})
+        self._saved_step = state.global_step
+        if stop:
+            self._stop(state, STOP.signum(stop))
 
-    def _check_finite(self, state: State) -> None:
-        bad = not math.isfinite(state.loss_sum) or any(
-            not bool(torch.isfinite(p).all()) for m in self.modules.values()
-            if isinstance(m, nn.Module) for p in m.parameters())
-        if bad:
-            last = f"{self.ckpt_path} (kept)" if self.ckpt_path.exists() else "none written"
-            raise UserError(f"{self.spec.run_id}: training diverged (non-finite loss or weights) "
-                            f"by step {state.global_step}; last good checkpoint: {last}")
+    def _stop(self, state: State, signum: int) -> None:
+        """The checkpoint is written: exit (local), or hand over to the handler we replaced
+        (submitit: requeue for SIGUSR2, carry on for SIGTERM)."""
+        where = f"checkpointed at step {state.global_step} ({self.ckpt_path})"
+        handler = STOP.previous(signum)
+        STOP.take(signum)
+        if not callable(handler):
+            raise Interrupted(f"{self.spec.run_id}: {signal_name(signum)}: {where}; run the "
+                              "same command to resume", signum)
+        if self.is_main:
+            print(f"{self.spec.run_id}: {signal_name(signum)}: {where}", file=sys.stderr,
+                  flush=True)
+        handler(signum, None)
+
+    def _check_weights(self, state: State) -> None:
+        """Every float tensor of every registered state dict (weights, buffers, optimiser
+        moments) is finite: one host sync per device and object."""
+        for name, obj in self.modules.items():
+            flags: dict[torch.device, list[torch.Tensor]] = {}
+            for t in float_tensors(_unwrap(obj).state_dict()):
+                flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+            if not all(bool(torch.stack(f).all()) for f in flags.values()):
+                raise self._diverged(state, f"{name} state")
+
+    def _diverged(self, state: State, what: str) -> UserError:
+        return UserError(f"{self.spec.run_id}: training diverged: non-finite {what} at step "
+                         f"{state.global_step}; last good checkpoint: {self._last_good()}")
+
+    def _last_good(self) -> str:
+        if self._saved_step is None or not self.ckpt_path.exists():
+            return "none written"
+        return f"{self.ckpt_path} (step {self._saved_step}), kept"
 
     # -------------------------------------------------------------------------- results
 
@@ -223,16 +289,43 @@ class Run:
     def finish(self, metrics: dict, *, curve: list[dict] | None = None,
                **json_files: Any) -> dict:
         """Write result files, then metrics.json last (it marks the run finished); every rank
-        returns the metrics."""
+        returns the metrics. A run that trained writes none of them if one holds a
+        non-finite number."""
+        self._claim()
         if curve is not None:
             json_files["curve"] = curve
+        if self.modules:
+            self.check_results({"metrics": metrics, **json_files})
         for name, obj in json_files.items():
             self.write_json(f"{name}.json", obj)
         if self.is_main:
             publish(self.paths, self.spec, metrics, self.dir / "curve.json")
         self.write_json(METRICS, metrics)
         distributed.barrier()
+        self.close(ok=True)
         return metrics
+
+    def check_results(self, results: Any) -> None:
+        """Refuse (on every rank) to write results holding a non-finite number."""
+        bad = nonfinite(results)
+        if distributed.max_over_ranks([int(bad is not None)])[0]:
+            raise UserError(f"{self.spec.run_id}: training diverged: non-finite "
+                            f"{bad or 'value'} in the results, none written; last good "
+                            f"checkpoint: {self._last_good()}")
+
+
+def _on_main(fn):
+    """fn() on rank 0 only; its UserError is raised on every rank (the others name rank 0),
+    so no rank waits at a collective for a rank that gave up."""
+    result, err = None, None
+    if distributed.is_main():
+        try:
+            result = fn()
+        except UserError as exc:
+            err = exc
+    if distributed.max_over_ranks([int(err is not None)])[0]:
+        raise err or UserError("rank 0 refused the run (its error is in rank 0's log)")
+    return result
 
 
 def dvc_file(paths, kind: str, profile: str, run_id: str) -> Path:

@@ -21,6 +21,7 @@ from pixbench.models.locality import local_swap_permutation, shuffle_permutation
 from pixbench.models.vit import display_name, model_key, vit, vit_shape
 from pixbench.runio import load_checkpoint
 from pixbench.tasks.classify.engine import Tensors, evaluate, load_tensors, train_one_epoch, use_bf16
+from pixbench.tasks.livelog import open_live
 from pixbench.tasks.optim import adamw
 from pixbench.tasks.runner import Run, State
 
@@ -84,8 +85,6 @@ def load_data(spec: RunSpec, paths: Paths):
 
 def train(run: Run, model: nn.Module, data: Tensors, *, bf16: bool, progress: bool) -> tuple[dict, State]:
     """Train from the checkpoint (if any) to the last epoch; returns final val metrics, state."""
-    from dvclive import Live  # lazy: dvclive imports dvc
-
     spec, cfg, dev = run.spec, run.spec.classify, run.device
     opt = adamw(distributed.unwrap(model), cfg.optim)
     state = run.restore(model=model, optimizer=opt)
@@ -96,12 +95,13 @@ def train(run: Run, model: nn.Module, data: Tensors, *, bf16: bool, progress: bo
                                                  int(data.val_y.max()) + 1))
     curve_x, curve_y = data.val_x[curve_idx], data.val_y[curve_idx]
     ev = dict(device=dev, batch_size=cfg.eval_batch_size, bf16=bf16)
-    # dvclive's steps are the curve rows: resume at the row count (no duplicate rows)
-    live = Live(dir=str(run.dir / "dvclive"), dvcyaml=None, report=None, save_dvc_exp=False,
-                resume=state.global_step > 0) if run.is_main else None
+    # dvclive's steps are the curve rows: resume at the checkpoint's row count (no duplicates)
+    live = open_live(run.dir / "dvclive", len(state.history),
+                     resume=state.global_step > 0) if run.is_main else None
 
     def curve_point(s: State, train_loss: float) -> None:
         """Val top-1 on the fixed curve subset; recorded in the checkpointed history."""
+        run.check(s)  # a diverged run logs no NaN row
         top1 = evaluate(model, curve_x, curve_y, data.mean, data.std, **ev)["top1"]
         s.history.append({"epoch": round(s.global_step / steps_per_epoch, 4), "step": s.global_step,
                           "images_seen": s.global_step * cfg.batch_size, "train_loss": train_loss,
@@ -131,6 +131,7 @@ def train(run: Run, model: nn.Module, data: Tensors, *, bf16: bool, progress: bo
                   f"val@{curve_n} {state.history[-1]['val_top1_subset']:.2f}%",
                   file=sys.stderr, flush=True)
     final = evaluate(model, data.val_x, data.val_y, data.mean, data.std, **ev)
+    run.check_results(final)
     if live is not None:
         for k in ("top1", "top5", "loss"):
             live.summary[f"val/{k}"] = final[k]
@@ -175,16 +176,17 @@ def run(spec: RunSpec, paths: Paths, *, stale: str = "error", device: str = "aut
                  checkpoint_every_s=spec.classify.checkpoint_every_s)
     if not isinstance(r, Run):
         return r
-    ds, data = load_data(spec, paths)
-    model = build_model(spec, ds.manifest)
-    if spec.init is not None:
-        load_pretrained_encoder(model, spec, paths)
-    r.describe()
-    bf16 = use_bf16(spec.classify.precision, spec.size, r.device)
-    model = distributed.wrap(model.to(r.device), r.device)
-    final, state = train(r, model, data, bf16=bf16, progress=progress)
-    metrics = {}
-    if r.is_main:  # the throughput probe would time only one rank's share of the machine
-        metrics = compute_metrics(distributed.unwrap(model), spec, ds.manifest, data, final, state,
-                                  device=r.device, bf16=bf16)
-    return r.finish(metrics, curve=state.history)
+    with r:
+        ds, data = load_data(spec, paths)
+        model = build_model(spec, ds.manifest)
+        if spec.init is not None:
+            load_pretrained_encoder(model, spec, paths)
+        r.describe()
+        bf16 = use_bf16(spec.classify.precision, spec.size, r.device)
+        model = distributed.wrap(model.to(r.device), r.device)
+        final, state = train(r, model, data, bf16=bf16, progress=progress)
+        metrics = {}
+        if r.is_main:  # the throughput probe would time only one rank's share of the machine
+            metrics = compute_metrics(distributed.unwrap(model), spec, ds.manifest, data, final,
+                                      state, device=r.device, bf16=bf16)
+        return r.finish(metrics, curve=state.history)

@@ -106,29 +106,32 @@ def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "aut
     r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=cfg.checkpoint_every_s)
     if not isinstance(r, Run):
         return r
-    latents, labels, man = load_latents(paths, spec.profile, spec.tokenizer, "train")
-    latents = latents * man["scale_factor"]  # (N, c, h, w), unit variance
-    if latents.shape[0] < cfg.batch_size:
-        raise UserError(f"dit.batch_size={cfg.batch_size} exceeds the {latents.shape[0]} latents")
-    check_divisible(cfg.batch_size, "dit.batch_size")
-    probe = make_curve_probe(spec, paths, r.device) if cfg.curve_every_steps else None
-    r.describe()
-    tr = DitTrainer(spec, latents, labels, man, r.device)
-    state = r.restore(model=tr.model, ema=tr.ema, optimizer=tr.opt)
-    every = cfg.curve_every_steps or cfg.steps
-    while state.global_step < cfg.steps:
-        tr.train_until(r, state, min(cfg.steps, (state.global_step // every + 1) * every))
-        row = {"step": state.global_step, "train_loss": state.take_mean_loss(),
-               "train_time_s": state.train_time_s}
-        if probe is not None:
-            row["fid_featnet"] = probe(tr.ema, state.global_step)
-        state.history.append(row)
-        r.save(state)
-        if progress and r.is_main:
-            print(f"{spec.run_id} step {state.global_step}/{cfg.steps} loss {row['train_loss']:.4f}"
-                  + (f" fid {row['fid_featnet']:.2f}" if "fid_featnet" in row else ""),
-                  file=sys.stderr, flush=True)
-    return _finish(r, tr, man, state)
+    with r:
+        latents, labels, man = load_latents(paths, spec.profile, spec.tokenizer, "train")
+        latents = latents * man["scale_factor"]  # (N, c, h, w), unit variance
+        if latents.shape[0] < cfg.batch_size:
+            raise UserError(f"dit.batch_size={cfg.batch_size} exceeds the "
+                            f"{latents.shape[0]} latents")
+        check_divisible(cfg.batch_size, "dit.batch_size")
+        probe = make_curve_probe(spec, paths, r.device) if cfg.curve_every_steps else None
+        r.describe()
+        tr = DitTrainer(spec, latents, labels, man, r.device)
+        state = r.restore(model=tr.model, ema=tr.ema, optimizer=tr.opt)
+        every = cfg.curve_every_steps or cfg.steps
+        while state.global_step < cfg.steps:
+            tr.train_until(r, state, min(cfg.steps, (state.global_step // every + 1) * every))
+            row = {"step": state.global_step, "train_loss": state.take_mean_loss(),
+                   "train_time_s": state.train_time_s}
+            if probe is not None:
+                row["fid_featnet"] = probe(tr.ema, state.global_step)
+            state.history.append(row)
+            r.save(state)
+            if progress and r.is_main:
+                print(f"{spec.run_id} step {state.global_step}/{cfg.steps} "
+                      f"loss {row['train_loss']:.4f}"
+                      + (f" fid {row['fid_featnet']:.2f}" if "fid_featnet" in row else ""),
+                      file=sys.stderr, flush=True)
+        return _finish(r, tr, man, state)
 
 
 def _finish(r: Run, tr: DitTrainer, man: dict, state: State) -> dict:

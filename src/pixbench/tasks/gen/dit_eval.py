@@ -31,31 +31,34 @@ def run_eval(spec: DitEvalSpec, paths: Paths, *, stale: str = "error", device: s
     r = Run.open(spec, paths, stale=stale, device=device)
     if not isinstance(r, Run):
         return r
-    model = load_ema(paths, spec.profile, spec.dit).to(r.device)
-    ctx = sampling_context(paths, spec.profile, tokenizer=spec.tokenizer, featnet=spec.featnet,
-                           sample=spec.sample, fid=spec.fid, device=r.device)
-    train = read_json(paths.run_dir(spec.profile, spec.dit["run_id"]) / "metrics.json", "DiT metrics")
-    r.describe()
-    t0 = time.perf_counter()
-    images, labels = draw_samples(model, ctx, n=spec.sample.num_samples, seed=spec.seed)
-    sample_s = time.perf_counter() - t0
-    if r.is_main:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, images=images.numpy(), labels=labels.numpy())
-        r.write_bytes(SAMPLES_FILE, buf.getvalue())
-    t0 = time.perf_counter()
-    scores = score_samples(images, ctx, full=True)
-    metrics = {"run_id": spec.run_id, "task": "dit-eval", "dit": spec.dit["run_id"],
-               **{k: train[k] for k in TRAIN_KEYS},
-               "profile": spec.profile, "num_samples": spec.sample.num_samples,
-               "sampler": spec.sample.sampler, "sample_steps": spec.sample.steps,
-               "cfg_scale": spec.sample.cfg_scale, **scores,
-               "sample_img_per_s": spec.sample.num_samples / sample_s,
-               "score_s": time.perf_counter() - t0, "device": r.device.type,
-               "spec_digest": spec.digest()}
-    if progress and r.is_main:
-        print(f"{spec.run_id}: FID(featnet) {metrics['fid_featnet']:.2f}", file=sys.stderr, flush=True)
-    return r.finish(metrics)
+    with r:
+        model = load_ema(paths, spec.profile, spec.dit).to(r.device)
+        ctx = sampling_context(paths, spec.profile, tokenizer=spec.tokenizer, featnet=spec.featnet,
+                               sample=spec.sample, fid=spec.fid, device=r.device)
+        train = read_json(paths.run_dir(spec.profile, spec.dit["run_id"]) / "metrics.json",
+                          "DiT metrics")
+        r.describe()
+        t0 = time.perf_counter()
+        images, labels = draw_samples(model, ctx, n=spec.sample.num_samples, seed=spec.seed)
+        sample_s = time.perf_counter() - t0
+        if r.is_main:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, images=images.numpy(), labels=labels.numpy())
+            r.write_bytes(SAMPLES_FILE, buf.getvalue())
+        t0 = time.perf_counter()
+        scores = score_samples(images, ctx, full=True)
+        metrics = {"run_id": spec.run_id, "task": "dit-eval", "dit": spec.dit["run_id"],
+                   **{k: train[k] for k in TRAIN_KEYS},
+                   "profile": spec.profile, "num_samples": spec.sample.num_samples,
+                   "sampler": spec.sample.sampler, "sample_steps": spec.sample.steps,
+                   "cfg_scale": spec.sample.cfg_scale, **scores,
+                   "sample_img_per_s": spec.sample.num_samples / sample_s,
+                   "score_s": time.perf_counter() - t0, "device": r.device.type,
+                   "spec_digest": spec.digest()}
+        if progress and r.is_main:
+            print(f"{spec.run_id}: FID(featnet) {metrics['fid_featnet']:.2f}", file=sys.stderr,
+                  flush=True)
+        return r.finish(metrics)
 
 
 def sample_grid(params, paths: Paths, *, size: str | None, patch: int, seed: int, n: int,

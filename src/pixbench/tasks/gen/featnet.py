@@ -196,29 +196,31 @@ def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = 
     r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=CHECKPOINT_EVERY_S)
     if not isinstance(r, Run):
         return r
-    cfg = spec.featnet
-    ds = gen_cache(paths, spec.profile, spec.data.model_dump())
-    labels = np.asarray(ds.train_labels)
-    tr_idx = balanced_subset(labels, cfg.train_subset, len(ds.classes))
-    val_labels = np.asarray(ds.val_labels)
-    r.describe()
-    rc = Recipe(cfg.width, cfg.feature_dim, cfg.epochs, cfg.batch_size, cfg.lr, spec.seed)
-    num_classes = int(max(labels[tr_idx].max(), val_labels.max() if len(val_labels) else 0)) + 1
-    tr = Trainer(rc, np.asarray(ds.train_images)[tr_idx], labels[tr_idx], num_classes, r.device)
-    state = r.restore(model=tr.model, optimizer=tr.opt)
+    with r:
+        cfg = spec.featnet
+        ds = gen_cache(paths, spec.profile, spec.data.model_dump())
+        labels = np.asarray(ds.train_labels)
+        tr_idx = balanced_subset(labels, cfg.train_subset, len(ds.classes))
+        val_labels = np.asarray(ds.val_labels)
+        r.describe()
+        rc = Recipe(cfg.width, cfg.feature_dim, cfg.epochs, cfg.batch_size, cfg.lr, spec.seed)
+        num_classes = int(max(labels[tr_idx].max(), val_labels.max() if len(val_labels) else 0)) + 1
+        tr = Trainer(rc, np.asarray(ds.train_images)[tr_idx], labels[tr_idx], num_classes, r.device)
+        state = r.restore(model=tr.model, optimizer=tr.opt)
 
-    def on_epoch(s: State) -> None:
-        r.save(s)
-        if progress and r.is_main:
-            print(f"featnet epoch {s.epoch}/{cfg.epochs}: loss {s.history[-1]['train_loss']:.4f}",
-                  file=sys.stderr, flush=True)
+        def on_epoch(s: State) -> None:
+            r.save(s)
+            if progress and r.is_main:
+                print(f"featnet epoch {s.epoch}/{cfg.epochs}: "
+                      f"loss {s.history[-1]['train_loss']:.4f}",
+                      file=sys.stderr, flush=True)
 
-    state = tr.fit(state, on_step=r.tick, on_epoch=on_epoch)
-    scores = _scores(tr, np.asarray(ds.val_images), val_labels, state)
-    meta = {"spec_digest": spec.digest(), "run_id": spec.run_id, "image_size": ds.image_size,
-            "val_top1": scores["val_top1"]}
-    r.write_torch(WEIGHTS_FILE, featnet_payload(tr.model, meta))
-    metrics = {"run_id": spec.run_id, "task": "featnet", "profile": spec.profile,
-               "seed": spec.seed, **scores, "steps": state.global_step,
-               "wall_s": state.wall_time_s, "spec_digest": spec.digest()}
-    return r.finish(metrics, curve=state.history)
+        state = tr.fit(state, on_step=r.tick, on_epoch=on_epoch)
+        scores = _scores(tr, np.asarray(ds.val_images), val_labels, state)
+        meta = {"spec_digest": spec.digest(), "run_id": spec.run_id, "image_size": ds.image_size,
+                "val_top1": scores["val_top1"]}
+        r.write_torch(WEIGHTS_FILE, featnet_payload(tr.model, meta))
+        metrics = {"run_id": spec.run_id, "task": "featnet", "profile": spec.profile,
+                   "seed": spec.seed, **scores, "steps": state.global_step,
+                   "wall_s": state.wall_time_s, "spec_digest": spec.digest()}
+        return r.finish(metrics, curve=state.history)

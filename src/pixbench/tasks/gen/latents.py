@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from pixbench.tasks.gen.data import balanced_images, gen_cache
 from pixbench.tasks.gen.featnet import featnet_path, reference_cache_name, reference_images
 from pixbench.tasks.gen.parallel import from_main
 from pixbench.tasks.gen.tokenizer import TOKENIZER_DIR, WEIGHTS, encode_sharded, load_tokenizer
+from pixbench.tasks.rundir import remove_run_dir
 from pixbench.tasks.runner import Run
 
 LATENTS_MANIFEST = "latents.json"  # (manifest.json is the runner's run manifest)
@@ -63,53 +63,58 @@ def _npy(arr: np.ndarray | torch.Tensor) -> tuple[bytes, str]:
     return buf.getvalue(), hashlib.sha256(buf.getvalue()).hexdigest()
 
 
-def _drop_other_tokenizer(out: Path, weights: Path) -> None:
+def _drop_other_tokenizer(out: Path, weights: Path, root: Path) -> None:
     """Latents encoded by other tokenizer weights (same spec, retrained elsewhere) are never
-    reused: the manifest names the weights by sha256; rank 0 discards a mismatching dir."""
+    reused: the manifest names the weights by sha256; rank 0 discards a mismatching dir (only
+    inside the runs dir `root`)."""
     man = out / LATENTS_MANIFEST
     if distributed.is_main() and man.exists() and weights.exists() and \
             read_json(man, "latents manifest").get("tokenizer_sha256") != sha256_file(weights):
-        shutil.rmtree(out)
+        remove_run_dir(out, root)
 
 
 def run_encode(spec: EncodeSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
                progress: bool = True) -> dict:
     """Encode (subsets of) both splits with the saved tokenizer; returns the manifest."""
     tok = tokenizer_dir(paths, spec.profile, spec.tokenizer)
-    _drop_other_tokenizer(latents_dir(paths, spec.profile, spec.tokenizer["run_id"]), tok / WEIGHTS)
+    _drop_other_tokenizer(latents_dir(paths, spec.profile, spec.tokenizer["run_id"]), tok / WEIGHTS,
+                          paths.runs_dir)
     r = Run.open(spec, paths, stale=stale, device=device)
     if not isinstance(r, Run):
         return r
-    model = load_tokenizer(tok, expect_digest=spec.tokenizer["digest"]).to(r.device)
-    ds = gen_cache(paths, spec.profile, spec.data.model_dump())
-    weights_sha = sha256_file(tok / WEIGHTS)
-    r.describe()
-    t0 = time.perf_counter()
-    files, stats = {}, {}
-    for split in ("train", "val"):
-        labels = np.asarray(getattr(ds, f"{split}_labels"))
-        idx = balanced_subset(labels, getattr(spec.latents, f"{split}_subset"), len(ds.classes))
-        images = np.asarray(getattr(ds, f"{split}_images")[idx])  # (N, H, W, C) uint8
-        lat, codes = encode_sharded(model, images, r.device)  # (N, c, h, w), (N, h, w)
-        for kind, arr in (("latents", lat), ("codes", codes), ("labels", labels[idx])):
-            data, sha = _npy(arr)
-            r.write_bytes(f"{split}_{kind}.npy", data)
-            files[f"{split}_{kind}.npy"] = {"shape": list(arr.shape), "sha256": sha}
-        stats[split] = code_stats(codes.long(), model.config.num_vq_embeddings)
-        if split == "train":
-            scale = float(1.0 / lat.numpy().std())  # numpy's std, as the cache has always used
-            shape = list(lat.shape[1:])
-        if progress and r.is_main:
-            print(f"{spec.run_id}: encoded {split} {tuple(lat.shape)}", file=sys.stderr, flush=True)
-    manifest = {"run_id": spec.run_id, "task": "vq-encode", "tokenizer": spec.tokenizer["run_id"],
-                "tokenizer_digest": spec.tokenizer["digest"], "tokenizer_sha256": weights_sha,
-                "latent_shape": shape, "scale_factor": scale,
-                "num_classes": len(ds.classes), "classes": ds.classes, "files": files,
-                "train_codebook_usage": stats["train"]["codebook_usage"],
-                "train_perplexity": stats["train"]["perplexity"],
-                "encode_s": time.perf_counter() - t0, "spec_digest": spec.digest()}
-    r.write_json(LATENTS_MANIFEST, manifest)
-    return r.finish(manifest)
+    with r:
+        model = load_tokenizer(tok, expect_digest=spec.tokenizer["digest"]).to(r.device)
+        ds = gen_cache(paths, spec.profile, spec.data.model_dump())
+        weights_sha = sha256_file(tok / WEIGHTS)
+        r.describe()
+        t0 = time.perf_counter()
+        files, stats = {}, {}
+        for split in ("train", "val"):
+            labels = np.asarray(getattr(ds, f"{split}_labels"))
+            idx = balanced_subset(labels, getattr(spec.latents, f"{split}_subset"), len(ds.classes))
+            images = np.asarray(getattr(ds, f"{split}_images")[idx])  # (N, H, W, C) uint8
+            lat, codes = encode_sharded(model, images, r.device)  # (N, c, h, w), (N, h, w)
+            for kind, arr in (("latents", lat), ("codes", codes), ("labels", labels[idx])):
+                data, sha = _npy(arr)
+                r.write_bytes(f"{split}_{kind}.npy", data)
+                files[f"{split}_{kind}.npy"] = {"shape": list(arr.shape), "sha256": sha}
+            stats[split] = code_stats(codes.long(), model.config.num_vq_embeddings)
+            if split == "train":
+                scale = float(1.0 / lat.numpy().std())  # numpy's std, as the cache has always used
+                shape = list(lat.shape[1:])
+            if progress and r.is_main:
+                print(f"{spec.run_id}: encoded {split} {tuple(lat.shape)}", file=sys.stderr,
+                      flush=True)
+        manifest = {"run_id": spec.run_id, "task": "vq-encode",
+                    "tokenizer": spec.tokenizer["run_id"],
+                    "tokenizer_digest": spec.tokenizer["digest"], "tokenizer_sha256": weights_sha,
+                    "latent_shape": shape, "scale_factor": scale,
+                    "num_classes": len(ds.classes), "classes": ds.classes, "files": files,
+                    "train_codebook_usage": stats["train"]["codebook_usage"],
+                    "train_perplexity": stats["train"]["perplexity"],
+                    "encode_s": time.perf_counter() - t0, "spec_digest": spec.digest()}
+        r.write_json(LATENTS_MANIFEST, manifest)
+        return r.finish(manifest)
 
 
 def load_latents(paths: Paths, profile: str, tokenizer: dict, split: str,
@@ -140,33 +145,36 @@ def run_eval(spec: VQEvalSpec, paths: Paths, *, stale: str = "error", device: st
     r = Run.open(spec, paths, stale=stale, device=device)
     if not isinstance(r, Run):
         return r
-    model = load_tokenizer(tokenizer_dir(paths, spec.profile, spec.tokenizer),
-                           expect_digest=spec.tokenizer["digest"]).to(r.device)
-    vq_spec = read_json(paths.run_dir(spec.profile, spec.tokenizer["run_id"]) / "spec.json",
-                        "tokenizer spec")["spec"]
-    ds = gen_cache(paths, spec.profile, vq_spec["data"])
-    r.describe()
-    n = min(spec.eval_images, ds.val_images.shape[0])
-    images = np.asarray(ds.val_images[:n])  # (n, H, W, C) uint8
-    t0 = time.perf_counter()
-    _, codes, rec = encode_sharded(model, images, r.device, decode=True)  # rec (n, C, H, W)
-    recon_s = time.perf_counter() - t0
-    metrics = {}
-    if r.is_main:
-        orig = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (n, C, H, W)
-        psnr = psnr_per_image(orig, rec)
-        l1 = (orig.float() - rec.float()).abs().mean() / 127.5  # in the [-1, 1] units of training
-        metrics = {"run_id": spec.run_id, "task": "vq-eval", "tokenizer": spec.tokenizer["run_id"],
-                   "profile": spec.profile, "val_n": n, "psnr": float(psnr.mean()),
-                   "psnr_std": float(psnr.std()), "l1": float(l1),
-                   **code_stats(codes.long(), model.config.num_vq_embeddings),
-                   "codebook_size": model.config.num_vq_embeddings,
-                   **sanity_fids(spec, paths, vq_spec["data"], orig, rec),
-                   "recon_img_per_s": n / recon_s, "spec_digest": spec.digest()}
-        buf = io.BytesIO()
-        np.savez(buf, original=orig[:RECON_IMAGES].numpy(), reconstruction=rec[:RECON_IMAGES].numpy())
-        r.write_bytes("reconstructions.npz", buf.getvalue())
-    return r.finish(from_main(metrics))
+    with r:
+        model = load_tokenizer(tokenizer_dir(paths, spec.profile, spec.tokenizer),
+                               expect_digest=spec.tokenizer["digest"]).to(r.device)
+        vq_spec = read_json(paths.run_dir(spec.profile, spec.tokenizer["run_id"]) / "spec.json",
+                            "tokenizer spec")["spec"]
+        ds = gen_cache(paths, spec.profile, vq_spec["data"])
+        r.describe()
+        n = min(spec.eval_images, ds.val_images.shape[0])
+        images = np.asarray(ds.val_images[:n])  # (n, H, W, C) uint8
+        t0 = time.perf_counter()
+        _, codes, rec = encode_sharded(model, images, r.device, decode=True)  # rec (n, C, H, W)
+        recon_s = time.perf_counter() - t0
+        metrics = {}
+        if r.is_main:
+            orig = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (n, C, H, W)
+            psnr = psnr_per_image(orig, rec)
+            l1 = (orig.float() - rec.float()).abs().mean() / 127.5  # [-1, 1] units of training
+            metrics = {"run_id": spec.run_id, "task": "vq-eval",
+                       "tokenizer": spec.tokenizer["run_id"],
+                       "profile": spec.profile, "val_n": n, "psnr": float(psnr.mean()),
+                       "psnr_std": float(psnr.std()), "l1": float(l1),
+                       **code_stats(codes.long(), model.config.num_vq_embeddings),
+                       "codebook_size": model.config.num_vq_embeddings,
+                       **sanity_fids(spec, paths, vq_spec["data"], orig, rec),
+                       "recon_img_per_s": n / recon_s, "spec_digest": spec.digest()}
+            buf = io.BytesIO()
+            np.savez(buf, original=orig[:RECON_IMAGES].numpy(),
+                     reconstruction=rec[:RECON_IMAGES].numpy())
+            r.write_bytes("reconstructions.npz", buf.getvalue())
+        return r.finish(from_main(metrics))
 
 
 def sanity_fids(spec: VQEvalSpec, paths: Paths, data_spec: dict, orig: torch.Tensor,

@@ -157,22 +157,23 @@ def run(spec: VQSpec, paths: Paths, *, stale: str = "error", device: str = "auto
                  checkpoint_every_s=spec.vq.checkpoint_every_s)
     if not isinstance(r, Run):
         return r
-    ds = gen_cache(paths, spec.profile, spec.data.model_dump())
-    if spec.vq.pretrained is not None:
-        model = import_pretrained(spec.vq.pretrained, paths, spec.vq, ds.channels)
-        r.describe()
-        state = State()
-    else:
-        check_divisible(spec.vq.batch_size, "vq.batch_size")
-        r.describe()
-        tr = VQTrainer(spec, ds.channels, r.device)
-        state = r.restore(**tr.modules())
-        state = train(tr, r, np.asarray(ds.train_images), state, progress)
-        r.save(state)
-        model = tr.model
-    if r.is_main:
-        save_tokenizer(model.cpu(), r.dir / TOKENIZER_DIR, spec)
-    return r.finish(_metrics(spec, model, state, r.device), curve=state.history)
+    with r:
+        ds = gen_cache(paths, spec.profile, spec.data.model_dump())
+        if spec.vq.pretrained is not None:
+            model = import_pretrained(spec.vq.pretrained, paths, spec.vq, ds.channels)
+            r.describe()
+            state = State()
+        else:
+            check_divisible(spec.vq.batch_size, "vq.batch_size")
+            r.describe()
+            tr = VQTrainer(spec, ds.channels, r.device)
+            state = r.restore(**tr.modules())
+            state = train(tr, r, np.asarray(ds.train_images), state, progress)
+            r.save(state)
+            model = tr.model
+        if r.is_main:
+            save_tokenizer(model.cpu(), r.dir / TOKENIZER_DIR, spec)
+        return r.finish(_metrics(spec, model, state, r.device), curve=state.history)
 
 
 def _metrics(spec: VQSpec, model: nn.Module, state: State, device: torch.device) -> dict:

@@ -72,28 +72,30 @@ def run(spec: PretrainSpec, paths: Paths, *, stale: str = "error", device: str =
     r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=cfg.checkpoint_every_s)
     if not isinstance(r, Run):
         return r
-    manifest, images, val, mean, std = load_data(spec, paths)
-    r.describe()
-    dev, bf16 = r.device, use_bf16(cfg.precision, spec.size, r.device)
-    model = build_mae(spec, manifest).to(dev)
-    ddp = distributed.wrap(model, dev)
-    opt = adamw(model, cfg.optim)
-    state = r.restore(model=model, optimizer=opt)
-    while state.epoch < cfg.epochs:
-        loss = train_one_epoch(ddp, opt, images, mean, std, cfg, spec.seed, state, device=dev,
-                               bf16=bf16, on_step=r.tick)
-        val_loss = evaluate(model, val, mean, std, cfg.mask_ratio, device=dev, bf16=bf16)
-        state.history.append({"epoch": state.epoch + 1, "step": state.global_step,
-                              "train_loss": loss, "val_recon_loss": val_loss,
-                              "train_time_s": state.train_time_s})
-        state.epoch, state.epoch_step = state.epoch + 1, 0
-        state.take_mean_loss()
-        r.save(state)
-        if r.is_main and progress:
-            print(f"{spec.run_id} epoch {state.epoch}/{cfg.epochs} loss {loss:.4f} "
-                  f"val {val_loss:.4f}", file=sys.stderr, flush=True)
-    metrics = _outputs(r, model, manifest, images, val, mean, std, state, bf16) if r.is_main else {}
-    return r.finish(metrics, curve=state.history)
+    with r:
+        manifest, images, val, mean, std = load_data(spec, paths)
+        r.describe()
+        dev, bf16 = r.device, use_bf16(cfg.precision, spec.size, r.device)
+        model = build_mae(spec, manifest).to(dev)
+        ddp = distributed.wrap(model, dev)
+        opt = adamw(model, cfg.optim)
+        state = r.restore(model=model, optimizer=opt)
+        while state.epoch < cfg.epochs:
+            loss = train_one_epoch(ddp, opt, images, mean, std, cfg, spec.seed, state, device=dev,
+                                   bf16=bf16, on_step=r.tick)
+            val_loss = evaluate(model, val, mean, std, cfg.mask_ratio, device=dev, bf16=bf16)
+            state.history.append({"epoch": state.epoch + 1, "step": state.global_step,
+                                  "train_loss": loss, "val_recon_loss": val_loss,
+                                  "train_time_s": state.train_time_s})
+            state.epoch, state.epoch_step = state.epoch + 1, 0
+            state.take_mean_loss()
+            r.save(state)
+            if r.is_main and progress:
+                print(f"{spec.run_id} epoch {state.epoch}/{cfg.epochs} loss {loss:.4f} "
+                      f"val {val_loss:.4f}", file=sys.stderr, flush=True)
+        metrics = (_outputs(r, model, manifest, images, val, mean, std, state, bf16)
+                   if r.is_main else {})
+        return r.finish(metrics, curve=state.history)
 
 
 def _outputs(r: Run, model: MaskedAutoencoder, manifest: dict, images: torch.Tensor,
