@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: repro test install dataset bench clean-runs
+.PHONY: repro test install dataset bench clean-runs gpu-check gpu-check-cpu gpu-wheels
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "pixbench needs Python 3.11"'
@@ -36,3 +36,17 @@ test: install
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pixbench bench --suite auto
+
+# GPU validation kit (README "GPU validation kit"): every CUDA path in one command, < 8 min.
+# On a GPU node, with the node's Python (torch with CUDA); GPU_CHECK_ARGS e.g. --out $$OUT.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH="$(CURDIR)/src$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PYTHON) -m pixbench.gpucheck $(GPU_CHECK_ARGS)
+
+# The same steps on this CPU (gloo, the quick bench suite); tests/test_gpucheck.py runs a cut of it.
+gpu-check-cpu: install
+	$(BIN)/python -m pixbench.gpucheck --cpu $(GPU_CHECK_ARGS)
+
+# Wheels the GPU image lacks (pixbench/gpucheck/wheels.py), into wheels/ (gitignored, ~15 MiB).
+gpu-wheels: install
+	$(BIN)/python -m pixbench.gpucheck.wheels --dest wheels

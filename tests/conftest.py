@@ -2,6 +2,7 @@
 
 Nothing here touches the network or the real datasets: the synthetic images are learnable (the
 class sets which horizontal band is bright), so a tiny ViT reaches well above chance in a few steps.
+The generator lives in pixbench.gpucheck.data, which the GPU validation kit uses too.
 """
 
 from __future__ import annotations
@@ -9,12 +10,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from pixbench.data.cache import write_cache
+from pixbench.gpucheck.data import make_cache, synthetic_split  # noqa: F401 - tests import it here
 
 torch.set_num_threads(2)
 
@@ -50,26 +50,9 @@ TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 
                                      "mae": TINY_MAE}}}
 
 
-def synthetic_split(n: int, size: int, classes: int, seed: int, channels: int = 1):
-    """uint8 (n, size, size, C): noise plus a bright horizontal band chosen by the label
-    (flip-invariant, so the augmentations keep labels valid)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % classes
-    rng.shuffle(labels)
-    images = rng.integers(0, 90, size=(n, size, size, channels), dtype=np.int64)
-    h = size // classes
-    for i, c in enumerate(labels):
-        images[i, c * h:(c + 1) * h] += 60 + 45 * c  # brightness also tells: learnable fast
-    return images.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
-
-
 def make_tiny_cache(cache_dir: Path, data_cfg: dict = TINY_DATA, n_train: int = 256,
                     n_val: int = 64, classes: int = 4) -> dict:
-    size = data_cfg["image_size"]
-    splits = {"train": synthetic_split(n_train, size, classes, 1),
-              "val": synthetic_split(n_val, size, classes, 2)}
-    meta = {"source": data_cfg["source"], "spec": data_cfg}
-    return write_cache(cache_dir, splits, [f"c{i}" for i in range(classes)], meta)
+    return make_cache(cache_dir, data_cfg, n_train, n_val, classes)
 
 
 @pytest.fixture

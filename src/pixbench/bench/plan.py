@@ -202,7 +202,34 @@ def _gpu() -> Profile:
                    cases=tuple(cases), breakdown="vit_train/s-p1-32px-bf16-b128")
 
 
-PROFILES = {"quick": _quick, "cpu": _cpu, "cpu-compile": _cpu_compile, "gpu": _gpu}
+def _in_gpu_check(c: Case) -> bool:
+    """The `gpu` cases the GPU validation kit needs: MFU by size (ViT-T/S/B train, p 1-8, the
+    same-run peak), PiT-S/1 on 32x32, the p=1 vs p=2 memory pair, bf16 vs fp32, token scaling
+    16 -> 4096, data loading, and MAE, DiT, tokenizer and FID features at one size each."""
+    p = c.params
+    if c.group in ("scaling", "data", "tokenizer", "fid"):
+        return True
+    if c.workload == "vit_train":
+        return c.group == "throughput" and p["image_size"] == 32
+    if c.workload == "vit_infer":
+        return p["size"] == "s" and p["patch"] <= 2
+    if c.workload == "mae_encoder":
+        return p["size"] == "s"
+    return c.workload in DIT and p["size"] == "s" and p["patch"] <= 2
+
+
+def _gpu_check() -> Profile:
+    """`gpu` cut to what `python -m pixbench.gpucheck` must show within its minutes on a lent
+    GPU: no torch.compile (a cold compile alone can take a minute), no 28x28 or large-model
+    cases, shorter timing. `--suite gpu` remains the full measurement."""
+    full = _gpu()
+    return dataclasses.replace(full, name="gpu-check", peak_reps=10, warmup=2, min_steps=5,
+                               min_time_s=0.3, max_steps=50,
+                               cases=tuple(c for c in full.cases if _in_gpu_check(c)))
+
+
+PROFILES = {"quick": _quick, "cpu": _cpu, "cpu-compile": _cpu_compile, "gpu": _gpu,
+            "gpu-check": _gpu_check}
 
 
 def get_profile(name: str) -> Profile:

@@ -8,6 +8,7 @@ pytest (bench/conftest.py) drives the same `BenchSession` case by case and calls
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,19 +18,30 @@ DEFAULT_OUT = Path("reports/bench")
 
 
 def run_suite(profile: str = "cpu", out_dir: Path = DEFAULT_OUT,
-              log: Callable[[str], None] | None = None, threads: int | None = None) -> Path:
-    """Run a profile ("quick", "cpu", "gpu" or "auto") and write its files; returns the JSON.
+              log: Callable[[str], None] | None = None, threads: int | None = None, *,
+              select: Callable[[object], bool] | None = None,
+              deadline_s: float | None = None) -> Path:
+    """Run a profile ("quick", "cpu", "gpu", "gpu-check" or "auto") and write its files;
+    returns the JSON.
 
     threads: torch intra-op threads; default: the profile's, else on a CPU the cores that are
-    idle at the start (see env.auto_threads)."""
+    idle at the start (see env.auto_threads). select: run only the cases it accepts;
+    deadline_s: start no case after this many seconds. Either leaves cases of the profile out,
+    so the files are named `-partial` (they never overwrite a whole run's)."""
     from pixbench.bench.session import BenchSession
 
     prof = get_profile(profile)
+    stop = None if deadline_s is None else time.monotonic() + deadline_s
     session = BenchSession(prof, log=log, threads=threads)
     try:
         for dtype in prof.dtypes:
             session.peak(dtype)
         for case in prof.cases:
+            if select is not None and not select(case):
+                continue
+            if stop is not None and time.monotonic() > stop:
+                session.log(f"{case.id}: not reached ({deadline_s:.0f} s deadline)")
+                continue
             session.run_case(case)
     finally:
         session.close()

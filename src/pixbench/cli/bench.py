@@ -11,7 +11,8 @@ import typer
 from pixbench.cli.options import command
 
 SuiteOpt = Annotated[str, typer.Option(
-    "--suite", help="auto | quick | cpu | cpu-compile | gpu (auto: gpu with CUDA, else cpu).")]
+    "--suite", help="auto | quick | cpu | cpu-compile | gpu | gpu-check (auto: gpu with "
+    "CUDA, else cpu; gpu-check: the cut of gpu that python -m pixbench.gpucheck runs).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Where the JSON, summary and plots go.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", min=1, max=4096, help="CPU threads (default: the idle cores).")]
