@@ -245,3 +245,18 @@ def test_pretrained_diffusers_tokenizer_is_imported(gen_project) -> None:
     gen_project.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match="latent_channels"):
         vq.run(make_vq_spec(load_params(gen_project)), Paths(), stale="restart", progress=False)
+
+
+def test_dit_trains_in_the_recipes_precision(gen_ready) -> None:
+    """dit.precision is honoured: bf16 autocast when asked (a finite loss, recorded in the
+    metrics), fp32 for `auto` on the CPU at DiT-XXS width; bf16 on CUDA."""
+    from pixbench.tasks.gen import dit
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not dit.use_bf16("auto", "xxs", cpu) and dit.use_bf16("auto", "s", cpu)
+    assert dit.use_bf16("auto", "xxs", gpu) and not dit.use_bf16("fp32", "l", gpu)
+    spec = make_dit_spec(gen_ready, size=None, patch=4, seed=3)
+    bf16 = spec.model_copy(update={"dit": spec.dit.model_copy(update={"precision": "bf16"})})
+    m = dit.run(bf16, Paths(), progress=False)
+    assert m["precision"] == "bf16" and np.isfinite(m["train_loss"])
+    assert dit.run(spec, Paths(), stale="restart", progress=False)["precision"] == "fp32"

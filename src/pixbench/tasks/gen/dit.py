@@ -23,7 +23,9 @@ from torch import nn
 from pixbench import distributed
 from pixbench.config import Paths
 from pixbench.errors import UserError
+from pixbench.eval.measure import autocast
 from pixbench.gen.diffusion import diffusion_loss, make_train_scheduler
+from pixbench.models.dit import DIT_SIZES
 from pixbench.config import DitSpec
 from pixbench.tasks.gen.latents import load_latents
 from pixbench.tasks.gen.parallel import check_divisible, rank_mean
@@ -53,6 +55,14 @@ def step_noise(gen: torch.Generator, n: int, shape: torch.Size, num_timesteps: i
     return t, noise, drop
 
 
+def use_bf16(precision: str, size: str, device: torch.device) -> bool:
+    """The recipe's `dit.precision`; `auto` follows the classification rule
+    (tasks/classify/engine.use_bf16): bf16 autocast on CUDA, on the CPU only from width 192."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or DIT_SIZES[size]["hidden_size"] >= 192
+
+
 class DitTrainer:
     """Model (DDP-wrapped when there are several ranks), its EMA, AdamW, the latents."""
 
@@ -68,6 +78,7 @@ class DitTrainer:
         per_epoch = max(1, latents.shape[0] // cfg.batch_size)
         self.warmup = int(cfg.optim.warmup_epochs * per_epoch)
         self.peak = peak_lr(cfg.optim, cfg.batch_size)
+        self.bf16 = use_bf16(cfg.precision, spec.size, device)
 
     def step(self, step: int) -> float:
         """One update; returns the global batch's loss."""
@@ -81,8 +92,9 @@ class DitTrainer:
         x0 = self.latents[idx[mine]].to(self.device)  # (B / world, c, h, w)
         y = self.labels[idx[mine]].to(self.device)
         set_lr(self.opt, lr_at(step, cfg.steps, self.warmup, self.peak, cfg.optim.min_lr_ratio))
-        loss = diffusion_loss(self.ddp, x0, y, self.sched, gen, t=t[mine], noise=noise[mine],
-                              force_drop_ids=None if drop is None else drop[mine])
+        with autocast(self.device, self.bf16):
+            loss = diffusion_loss(self.ddp, x0, y, self.sched, gen, t=t[mine], noise=noise[mine],
+                                  force_drop_ids=None if drop is None else drop[mine])
         clip_and_step(self.ddp, self.opt, loss, cfg.optim.grad_clip)
         update_ema(self.ema, self.model, cfg.ema_decay)
         return rank_mean({"loss": float(loss.detach())})["loss"]
@@ -152,7 +164,8 @@ def _finish(r: Run, tr: DitTrainer, man: dict, state: State) -> dict:
                "steps": state.global_step, "train_loss": state.history[-1]["train_loss"],
                "train_s": state.train_time_s, "wall_s": state.wall_time_s,
                "train_img_per_s": state.global_step * cfg.batch_size / max(state.train_time_s, 1e-9),
-               "device": r.device.type, "spec_digest": spec.digest()}
+               "device": r.device.type, "precision": "bf16" if tr.bf16 else "fp32",
+               "spec_digest": spec.digest()}
     return r.finish(metrics, curve=state.history)
 
 
