@@ -12,15 +12,7 @@ import yaml
 from pixbench import cli
 
 
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pixbench", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from hostile import run_cli  # noqa: E402  (the one in-process CLI runner of the tests)
 
 
 def _leaf_commands():

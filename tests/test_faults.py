@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ckpt_util import tensors
 import torch
 import yaml
 
@@ -149,17 +150,6 @@ def in_process(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
-
-
-def tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            yield from tensors(obj[k])
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from tensors(v)
 
 
 def assert_same_run(full: Path, got: Path, files: tuple[str, ...] = ()) -> None:

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from ckpt_util import tensors
 import torch
 
 from pixbench.config import (Paths, load_params, make_dit_eval_spec, make_dit_spec,
@@ -134,7 +135,7 @@ def test_dit_resume_ends_where_an_uninterrupted_run_does(gen_ready, monkeypatch)
     for name in ("ema.pt", "ckpt/last.pt"):
         full = torch.load(run_dir.with_name(run_dir.name + ".full") / name, weights_only=True)
         resumed = torch.load(run_dir / name, weights_only=True)
-        for a, b in zip(_tensors(full), _tensors(resumed)):
+        for a, b in zip(tensors(full), tensors(resumed)):
             assert torch.equal(a, b)
 
 
@@ -153,7 +154,7 @@ def test_vq_resume_is_bitwise(gen_project, monkeypatch) -> None:
     assert (run_dir / weights).read_bytes() == (full_dir / weights).read_bytes()
     a, b = (torch.load(d / "ckpt/last.pt", weights_only=True)
             for d in (run_dir.with_name(run_dir.name + ".full"), run_dir))
-    for x, y in zip(_tensors(a), _tensors(b)):
+    for x, y in zip(tensors(a), tensors(b)):
         assert torch.equal(x, y)
 
 
@@ -175,18 +176,6 @@ def test_featnet_resume_mid_epoch_is_bitwise(gen_project, monkeypatch) -> None:
     a, b = (torch.load(d / featnet.WEIGHTS_FILE, weights_only=True)["state_dict"]
             for d in (run_dir.with_name(run_dir.name + ".full"), run_dir))
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _tensors(obj):
-    """Every tensor in a nested checkpoint, in a fixed order."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            yield from _tensors(obj[k])
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
 
 
 def test_dit_eval_without_training_is_a_clear_error(gen_ready) -> None:
