@@ -133,6 +133,7 @@ def wait_for(job: Any, label: str, poll_s: float = 1.0) -> Any:
 TASKS = {
     "prepare": ("pixbench.data.prepare", "run", "pixbench.config.pipeline", "PrepareSpec"),
     "report": ("pixbench.report", "run", "pixbench.config.pipeline", "ReportSpec"),
+    "verify": ("pixbench.verify", "run", "pixbench.config.pipeline", "VerifySpec"),
     "classify": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
     "mae-finetune": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
     "mae-linprobe": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from pixbench.config.classify import ClassifyConfig, MaeConfig, PermutationConfig
 from pixbench.config.gen import GenConfig, GenSweep, gen_problems
+from pixbench.config.pipeline import VerifyConfig
 from pixbench.config.schema import DataConfig, Int, SafeName, Seed, Strict
 
 
@@ -72,6 +73,8 @@ class Params(Strict):
     gen_sweep: GenSweep | None = Field(None, description="Cells of the generation track's DVC "
                                        "matrices (DiT sizes x latent patch sizes x seeds), or "
                                        "null when no profile has a gen track.")
+    verify: VerifyConfig | None = Field(None, description="Tolerances of `pixbench verify` "
+                                        "across machines (null: verify refuses to judge).")
 
     @model_validator(mode="after")
     def _check(self) -> Params:

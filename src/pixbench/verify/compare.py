@@ -1,0 +1,122 @@
+"""Judging fresh results against the reference, cell by cell (a cell: one group's metric).
+
+Two modes:
+- bitwise: the reference was made on the same machine kind (machine.same_kind) and every fresh
+  run of the group has a reference run with the same run id and spec digest. The numbers must
+  then be equal to the last bit (runs are seeded and deterministic on one machine).
+- statistical: otherwise. Seeds are replicates; with means m, sample std s and seed counts n of
+  the reference (r) and fresh (f) results, the cell reproduces when
+      |m_f - m_r| <= tol,  tol = max(k * SE, rel_floor * |m_r|),
+      SE = sqrt(s_r^2 / n_r + s_f^2 / n_f)   (the standard error of Welch's t statistic),
+  where a side with one seed borrows the other side's s (the spread of one recipe's seeds is
+  the same on every machine up to noise). With one seed on both sides there is no spread to
+  measure: tol = single_seed_rel * |m_r| (declared in params.yaml `verify`).
+k, rel_floor and single_seed_rel come from params.yaml (`verify`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+# The result numbers of each task (not its speeds or memory): what must reproduce.
+RESULTS = {
+    "classify": ("top1",),
+    "mae-pretrain": ("recon_loss",),
+    "mae-finetune": ("top1",),
+    "mae-linprobe": ("top1",),
+    "mae-scratch": ("top1",),
+    "vq": ("final_l1",),
+    "featnet": ("val_top1",),
+    "vq-eval": ("psnr", "rfid_featnet"),
+    "dit": ("train_loss",),
+    "dit-eval": ("fid_featnet",),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    group: str
+    metric: str
+    mode: str                  # "bitwise", "statistical", "single-seed" or "no reference"
+    reference: list[float]
+    fresh: list[float]
+    tolerance: float | None    # |Δmean| allowed (0 for bitwise); None without a reference
+    ok: bool | None            # None without a reference
+
+    @property
+    def delta(self) -> float | None:
+        if not self.reference or not self.fresh:
+            return None
+        return statistics.fmean(self.fresh) - statistics.fmean(self.reference)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "delta": self.delta}
+
+
+def tolerance(ref: list[float], fresh: list[float], cfg) -> tuple[str, float]:
+    """(mode, allowed |Δmean|) of the statistical rule in the module docstring."""
+    m_r = abs(statistics.fmean(ref))
+    s_r = statistics.stdev(ref) if len(ref) > 1 else None
+    s_f = statistics.stdev(fresh) if len(fresh) > 1 else None
+    if s_r is None and s_f is None:
+        return "single-seed", cfg.single_seed_rel * m_r
+    s_r, s_f = (s_r if s_r is not None else s_f), (s_f if s_f is not None else s_r)
+    se = math.sqrt(s_r**2 / len(ref) + s_f**2 / len(fresh))
+    return "statistical", max(cfg.k * se, cfg.rel_floor * m_r)
+
+
+def judge_group(group: str, ref: dict | None, fresh: dict, bitwise: bool, cfg) -> list[Cell]:
+    """The cells of one group. `ref`/`fresh`: {"task", "runs": [{run_id, seed, spec_digest,
+    values}]} as results.collect writes them."""
+    cells = []
+    for metric in RESULTS[fresh["task"]]:
+        new = [r["values"][metric] for r in fresh["runs"]]
+        if ref is None:
+            cells.append(Cell(group, metric, "no reference", [], new, None, None))
+            continue
+        old = [r["values"][metric] for r in ref["runs"]]
+        by_id = {r["run_id"]: r for r in ref["runs"]}
+        if bitwise and all(r["run_id"] in by_id and
+                           by_id[r["run_id"]]["spec_digest"] == r["spec_digest"]
+                           for r in fresh["runs"]):
+            pairs = [(by_id[r["run_id"]]["values"][metric], r["values"][metric])
+                     for r in fresh["runs"]]
+            cells.append(Cell(group, metric, "bitwise", [a for a, _ in pairs],
+                              [b for _, b in pairs], 0.0, all(a == b for a, b in pairs)))
+            continue
+        mode, tol = tolerance(old, new, cfg)
+        ok = abs(statistics.fmean(new) - statistics.fmean(old)) <= tol
+        cells.append(Cell(group, metric, mode, old, new, tol, ok))
+    return cells
+
+
+def judge(reference: dict, fresh: dict, cfg, bitwise: bool) -> list[Cell]:
+    """Every cell of the fresh results (the current sweep), in their order."""
+    cells = []
+    for group, entry in fresh["groups"].items():
+        cells += judge_group(group, reference["groups"].get(group), entry, bitwise, cfg)
+    return cells
+
+
+def _values(values: list[float]) -> str:
+    if not values:
+        return "–"
+    m = statistics.fmean(values)
+    s = f" ± {statistics.stdev(values):.4g}" if len(values) > 1 else ""
+    return f"{m:.6g}{s} (n={len(values)})"
+
+
+def describe(cell: Cell) -> str:
+    """One line naming the cell, the reference, the fresh result and the tolerance."""
+    if cell.ok is None:
+        return f"NEW      {cell.group} {cell.metric}: fresh {_values(cell.fresh)}, no reference"
+    status = "ok      " if cell.ok else "DEPARTS "
+    if cell.mode == "bitwise":
+        diff = [f"{a!r} != {b!r}" for a, b in zip(cell.reference, cell.fresh) if a != b]
+        detail = "bitwise equal" if cell.ok else "not bitwise equal: " + "; ".join(diff)
+        return f"{status}{cell.group} {cell.metric}: {_values(cell.fresh)}, {detail}"
+    return (f"{status}{cell.group} {cell.metric}: reference {_values(cell.reference)}, fresh "
+            f"{_values(cell.fresh)}, |Δ| {abs(cell.delta):.4g} "
+            f"{'<=' if cell.ok else '>'} tolerance {cell.tolerance:.4g} ({cell.mode})")
