@@ -22,6 +22,7 @@ from pixbench.verify.machine import describe as describe_kind
 from pixbench.verify.machine import machine_kind, same_kind, this_machine
 
 FORMAT = 1
+COUNTS = ("reproduced", "cells", "departures", "no_reference", "bitwise")
 
 
 def reference_path(paths: Paths, profile: str) -> Path:
@@ -29,7 +30,19 @@ def reference_path(paths: Paths, profile: str) -> Path:
 
 
 def result_path(paths: Paths, profile: str) -> Path:
+    """Every cell's verdict (reports/verify/<profile>.json)."""
     return Path(paths.reports_dir) / "verify" / f"{profile}.json"
+
+
+def metrics_path(paths: Paths, profile: str) -> Path:
+    """The counts alone, where `dvc metrics show` reads every stage's numbers."""
+    return Path(paths.reports_dir) / "metrics" / profile / "verify.json"
+
+
+def _write(paths: Paths, profile: str, result: dict) -> None:
+    atomic_write_json(result_path(paths, profile), result)
+    atomic_write_json(metrics_path(paths, profile),
+                      {k: int(v) for k, v in result.items() if k in COUNTS and v is not None})
 
 
 def collect(params: Params, paths: Paths, here: dict) -> dict:
@@ -92,7 +105,7 @@ def compare(params: Params, paths: Paths, fresh: dict) -> dict:
               "write one with `pixbench verify --update-reference`")
         result = {"profile": params.profile, "reference": None, "reproduced": 0, "cells": 0,
                   "departures": 0}
-        atomic_write_json(out, result)
+        _write(paths, params.profile, result)
         return {"run_id": "verify", **result, "path": str(out)}
     ref = read_json(ref_file, "reference")
     if ref.get("format") != FORMAT or not isinstance(ref.get("groups"), dict):
@@ -115,7 +128,7 @@ def compare(params: Params, paths: Paths, fresh: dict) -> dict:
               "departures": len(departed), "no_reference": len(cells) - len(judged),
               "machine": fresh["machine"], "reference_machine": ref["machine"],
               "results": [c.as_dict() for c in cells]}
-    atomic_write_json(out, result)
+    _write(paths, params.profile, result)
     if departed:
         raise UserError(f"verify: {summary}; departed: "
                         + ", ".join(f"{c.group} {c.metric}" for c in departed) + f" (see {out})")
