@@ -10,7 +10,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from pixbench.config import Params, Paths, make_classify_spec, spec_diff
+from pixbench.config import Params, Paths, spec_diff
+from pixbench.config.pipeline import sweep_runs
 from pixbench.errors import UserError
 from pixbench.eval.stats import fmt_welch, welch
 from pixbench.paper import LOCALITY_NOTE, PAPER, RECIPE_NOTE
@@ -19,21 +20,17 @@ from pixbench.report.html import markdown_to_html
 from pixbench.report.gen import gen_section
 from pixbench.report.mae import mae_section
 from pixbench.report.plots import plot_accuracy, plot_curves, plot_time
-from pixbench.report.tables import (classify_table, cost_to_accuracy_table, locality_table,
-                                    paper_table)
+from pixbench.report.dataset import dataset_section, not_about, paper_dataset
+from pixbench.report.tables import (PLATEAU_NOTE, classify_table, cost_to_accuracy_table,
+                                    locality_table, paper_table, plateau_table)
 from pixbench.runio import atomic_write_bytes
 
 FIG_DIR = "figures"
 
 
-def check_run(params: Params, path: Path, m: dict) -> None:
+def check_run(path: Path, m: dict, spec) -> None:
     """Refuse a run that the current params.yaml would not produce: a debug run (another params
     file, a hand edit) or a stale one. Its spec digest must equal the one params.yaml gives."""
-    try:
-        spec = make_classify_spec(params, size=m["size"], patch=m["patch"], seed=m["seed"],
-                                  variant=m.get("variant"))
-    except UserError as exc:
-        raise UserError(f"{path.parent}: not a run of this params.yaml ({exc})") from None
     if m.get("spec_digest") != spec.digest():
         spec_file = path.with_name("spec.json")
         old = json.loads(spec_file.read_text()).get("spec", {}) if spec_file.exists() else {}
@@ -42,24 +39,24 @@ def check_run(params: Params, path: Path, m: dict) -> None:
                         f"({diff}); re-run it (dvc repro) or remove it")
 
 
-def collect_runs(runs_dir: Path, params: Params | None = None) -> list[dict]:
-    """metrics.json (+ curve.json, manifest.json) of every finished classification run; with
-    params, each is checked to be a run of those params (see check_run)."""
+def collect_runs(runs_dir: Path, params: Params) -> list[dict]:
+    """metrics.json (+ curve.json, manifest.json) of every finished classification run of the
+    current sweep and locality matrix (config.pipeline.sweep_runs): runs of other seeds or
+    patch sizes left on disk are not the current sweep's, and are not shown. Each is checked
+    to be a run of these params (check_run)."""
     rows = []
-    for path in sorted(runs_dir.glob("classify-*/metrics.json")):
+    for run in sweep_runs(params):
+        path = runs_dir / run.run_id / "metrics.json"
+        if run.task != "classify" or not path.exists():
+            continue
         m = json.loads(path.read_text())
-        if params is not None:
-            check_run(params, path, m)
+        check_run(path, m, run.spec)
         curve = path.with_name("curve.json")
         m["_curve"] = json.loads(curve.read_text()) if curve.exists() else []
         man = path.with_name("manifest.json")
         m["_manifest"] = json.loads(man.read_text()) if man.exists() else {}
         rows.append(m)
     return rows
-
-
-
-
 
 
 def aggregate(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -70,20 +67,6 @@ def aggregate(rows: list[dict]) -> dict[tuple, list[dict]]:
         if r.get("variant") is None:
             groups[(r["dataset"], r["image_size"], r["size"], r["patch"])].append(r)
     return dict(sorted(groups.items()))
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def environment(rows: list[dict]) -> list[str]:
@@ -153,9 +136,20 @@ def classify_section(params: Params, rows: list[dict], out_dir: Path) -> list[st
         lines += pixel_vs_best(sub) + ["", "Cost to first reach a top-1 on the learning-curve "
                                        "subset (mean over seeds; – never reached):", ""]
         lines += cost_to_accuracy_table(sub) + [""]
-    return lines + [CLASSIFY_NOTE, "", "### The paper's numbers", ""] + paper_table() + [
-        "", RECIPE_NOTE, "Our default is a CPU-minutes proxy, not the paper's recipe: compare "
-        "trends, not absolute values.", ""]
+        lines += ["Per seed: where the train loss sat early (plateau) and when it left it:",
+                  ""] + plateau_table(sub) + ["", PLATEAU_NOTE, ""]
+    return lines + [CLASSIFY_NOTE, ""] + paper_section(params)
+
+
+def paper_section(params: Params) -> list[str]:
+    """The paper's supervised table, only beside the dataset it is about."""
+    data = params.active.data
+    name = paper_dataset(data)
+    if name is None:
+        return not_about("supervised", data, "CIFAR-100 and ImageNet")
+    return ["### The paper's numbers", ""] + paper_table(name) + [
+        "", RECIPE_NOTE, "Profiles other than the paper recipe are proxies: compare trends, "
+        "not absolute values.", ""]
 
 
 def run(spec, paths: Paths, *, stale: str = "error", device: str = "auto",
@@ -174,6 +168,7 @@ def build_report(params: Params, paths: Paths) -> Path:
     lines = ["# pixbench report", "",
              "What does it cost, and what does it buy, to make every pixel a token instead of "
              f"every patch? ({PAPER})", ""]
+    lines += dataset_section(params, paths)
     lines += classify_section(params, rows, out_dir)
     loc = locality_table(rows)
     if loc:

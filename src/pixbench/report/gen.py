@@ -13,14 +13,14 @@ import numpy as np
 from pixbench.config import Params
 from pixbench.errors import UserError
 from pixbench.eval.stats import mean_std
+from pixbench.report.dataset import not_about, paper_dataset
 from pixbench.report.plots import fig_path
 
 PAPER_GEN = ("Paper [S]: DiT-style models on 32x32 VQGAN latents of 256x256 ImageNet — PiT-L "
              "(pixel tokens, 1024) FID **4.05** vs DiT-L/2 (256 tokens) **4.16**; better on 3 of "
-             "5 metrics, tie on 2; steps, guidance and sample count not published [U]. Ours is a "
-             "CPU-minutes proxy (8x8x4 latents of 32x32 Fashion-MNIST, a tiny DiT, a few "
-             "hundred steps, FID on a small classifier's features with a few hundred samples): "
-             "compare directions, not values; FeatNet FIDs are not Inception FIDs.")
+             "5 metrics, tie on 2; steps, guidance and sample count not published [U]. Compare "
+             "directions, not values, unless this profile runs the paper's setting; FeatNet "
+             "FIDs are not Inception FIDs.")
 
 
 def _load(path: Path) -> dict | None:
@@ -192,4 +192,6 @@ def gen_section(params: Params, runs: Path, out_dir: Path, rel: str) -> list[str
             lines += [f"![{name}]({rel}/{name})", "", "FID vs training step: "
                       f"{d.curve_samples} EMA samples per point (biased upwards by the small n; "
                       "compare points, not with the table).", ""]
+    if paper_dataset(gen.data) != "ImageNet":
+        return head + lines + not_about("generation", gen.data, "ImageNet 256x256 latents")
     return head + lines + ["### The paper's generation numbers", "", PAPER_GEN, ""]

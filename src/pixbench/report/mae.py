@@ -9,27 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
-from pixbench.config import Params, make_mae_spec, make_pretrain_spec
+from pixbench.config import Params
+from pixbench.config.pipeline import sweep_runs
 from pixbench.errors import UserError
 from pixbench.eval.stats import fmt_ms, fmt_welch, welch
 from pixbench.paper import MAE_NOTE, MAE_TABLE
+from pixbench.report.dataset import not_about, paper_dataset
 
 TASKS = ("mae-pretrain", "mae-scratch", "mae-finetune", "mae-linprobe")
 
 
 def collect_mae_runs(runs_dir: Path, params: Params) -> list[dict]:
+    """The finished MAE runs of the current mae_sweep (config.pipeline.sweep_runs), each
+    checked to be a run of these params; other runs on disk are not shown."""
     rows = []
-    for path in sorted(runs_dir.glob("mae-*/metrics.json")):
+    for run in sweep_runs(params):
+        path = runs_dir / run.run_id / "metrics.json"
+        if run.task not in TASKS or not path.exists():
+            continue
         m = json.loads(path.read_text())
-        try:
-            spec = (make_pretrain_spec(params, size=m["size"], patch=m["patch"], seed=m["seed"],
-                                       target=m.get("variant"))
-                    if m["task"] == "mae-pretrain" else
-                    make_mae_spec(params, task=m["task"], size=m["size"], patch=m["patch"],
-                                  seed=m["seed"], target=m.get("variant")))
-        except UserError as exc:
-            raise UserError(f"{path.parent}: not a run of this params.yaml ({exc})") from None
-        if m.get("spec_digest") != spec.digest():
+        if m.get("spec_digest") != run.spec.digest():
             raise UserError(f"{path.parent}: refused, made with other settings than params.yaml; "
                             "re-run it (dvc repro) or remove it")
         m["_dir"] = path.parent
@@ -107,6 +106,8 @@ def mae_section(params: Params, runs_dir: Path, out_dir: Path, fig_dir: str) -> 
         lines += [f"![{name}]({fig_dir}/{name})", "", "Compute vs quality: each fine-tuned or "
                   "probed run is charged its pre-training too (analytic GFLOPs per image x "
                   "images seen).", ""]
+    if paper_dataset(params.active.data) != "CIFAR-100":
+        return lines + not_about("MAE", params.active.data, "CIFAR-100")
     return lines + ["### The paper's MAE numbers", ""] + paper_mae_table() + ["", MAE_NOTE, ""]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from pixbench.eval.plateau import DROP, interval_losses, plateau
 from pixbench.eval.stats import fmt_ms
 from pixbench.paper import SUPERVISED
 
@@ -34,9 +35,12 @@ def classify_table(groups: dict[tuple, list[dict]]) -> list[str]:
     return lines
 
 
-def paper_table() -> list[str]:
+def paper_table(dataset: str) -> list[str]:
+    """The paper's supervised rows on `dataset` ("CIFAR-100", "ImageNet")."""
     lines = ["| dataset | model | ViT/2 top-1 % | pixels top-1 % | source |", "|---|---|---|---|---|"]
     for ds, model, vit2, pix, label, note in SUPERVISED:
+        if not ds.startswith(dataset + " "):
+            continue
         lines.append(f"| {ds} | {model} | {vit2} | {pix} | [{label}]{' ' + note if note else ''} |")
     return lines
 
@@ -81,4 +85,28 @@ def cost_to_accuracy_table(groups: dict[tuple, list[dict]]) -> list[str]:
             secs = statistics.fmean(h["train_time_s"] for h, _ in hits)
             cells += [f"{gflops:,.0f}", f"{secs:,.1f}"]
         lines.append(f"| {runs[0]['display']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+PLATEAU_NOTE = ("Plateau: the lowest window-mean train loss early in the run (first quarter of "
+                f"its steps, at least two curve points); escape: the first curve point whose "
+                f"window-mean train loss is {DROP:.0%} below it; never: the seed stayed on its "
+                "plateau to the end (src/pixbench/eval/plateau.py). It tells a stalled seed "
+                "(never, or late) from the others; for a model without a plateau it only marks "
+                "when its loss first fell that far below its early level.")
+
+
+def plateau_table(groups: dict[tuple, list[dict]]) -> list[str]:
+    """One row per seed: final top-1, plateau level and escape step of its train loss, so a
+    seed that stalled is visible beside the mean."""
+    lines = ["| model | seed | top-1 % | plateau train loss | escape step | steps |",
+             "|---|---|---|---|---|---|"]
+    for runs in groups.values():
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            p = plateau(interval_losses(r["_curve"]))
+            level = "–" if p.level is None else f"{p.level:.3f}"
+            escape = "–" if p.level is None else (
+                "never" if p.escape_step is None else str(p.escape_step))
+            lines.append(f"| {r['display']} | {r['seed']} | {r['top1']:.2f} | {level} | "
+                         f"{escape} | {r.get('steps', '–')} |")
     return lines
