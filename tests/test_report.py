@@ -138,3 +138,46 @@ def test_paper_table_only_beside_its_dataset(workdir, tiny_params):
                         Paths()).read_text()
     assert "| CIFAR-100 32x32 | S (384, 12) | 83.7 | 86.4 | [S]" in text
     assert "ImageNet 28x28" not in text and "not shown" not in text
+
+
+def readme_profile() -> dict:
+    """The `mydata` profile as README.md's "Your own dataset" section writes it."""
+    from importgraph import ROOT
+    import yaml
+
+    section = (ROOT / "README.md").read_text().split("## Your own dataset", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(block)
+
+
+def test_readme_own_dataset_profile_validates_runs_and_reports(workdir, monkeypatch, capsys):
+    """A generated 3-class ImageFolder through the README's commands: params show, data
+    prepare, sweep (one cell, to stay fast), report."""
+    import numpy as np
+    import yaml
+    from hostile import run_cli
+    from importgraph import ROOT
+    from PIL import Image
+
+    root = workdir / "raw"
+    for split, n in (("train", 24), ("val", 8)):
+        for c, name in enumerate(("bird", "cat", "dog")):
+            (root / "mydata" / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = np.full((16, 16, 3), 40 * i % 60, np.uint8)
+                img[5 * c:5 * c + 5] = 250  # the class sets which band is bright
+                Image.fromarray(img).save(root / "mydata" / split / name / f"{i}.png")
+    monkeypatch.setenv("PIXBENCH_DATA_ROOT", str(root))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profiles"].update(readme_profile())
+    params["sweep"] = {"sizes": ["xxs"], "patches": [12], "seeds": [0]}
+    write_params(workdir / "params.yaml", params)
+    for args in (["params", "show", "--profile", "mydata", "--track", "classify"],
+                 ["data", "prepare", "--profile", "mydata"], ["sweep", "--profile", "mydata"],
+                 ["report", "--profile", "mydata"]):
+        code, out, err = run_cli(args, monkeypatch, capsys)
+        assert code == 0, (args, out, err)
+    text = (workdir / "reports" / "REPORT.md").read_text()
+    assert "3 classes, 72 train / 24 val images in the cache. Classes: bird, cat, dog." in text
+    assert "| ViT-XXS/12 | 0 |" in text
+    assert "CIFAR-100 32x32 |" not in text and "not shown" in text
