@@ -161,7 +161,7 @@ def test_tolerance_rule():
 
 
 def load_cfg():
-    from pixbench.config.pipeline import VerifyConfig
+    from pixbench.config.params import VerifyConfig
 
     return VerifyConfig(**VERIFY)
 

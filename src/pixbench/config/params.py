@@ -14,8 +14,7 @@ from pydantic import Field, model_validator
 
 from pixbench.config.classify import ClassifyConfig, MaeConfig, PermutationConfig
 from pixbench.config.gen import GenConfig, GenSweep, gen_problems
-from pixbench.config.pipeline import VerifyConfig
-from pixbench.config.schema import DataConfig, Int, SafeName, Seed, Strict
+from pixbench.config.schema import DataConfig, Float, Int, SafeName, Seed, Strict
 
 
 class Profile(Strict):
@@ -59,6 +58,20 @@ class MaeSweep(Sweep):
                                                           "run on alt_patches, or null.")
     alt_patches: list[Int] = Field(description="Patch sizes for alt_target (norm_pix is "
                                    "undefined at p=1 on gray data).")
+
+
+class VerifyConfig(Strict):
+    """How `pixbench verify` judges a fresh result against the committed reference when the
+    numbers cannot be bitwise equal (another CPU kind, another spec): see verify/compare.py."""
+
+    k: Float = Field(gt=0, description="A group departs when |mean fresh - mean reference| > "
+                     "k * SE, SE = sqrt(s_ref^2/n_ref + s_new^2/n_new) from the seed spread.")
+    rel_floor: Float = Field(ge=0, description="The smallest tolerance, as a fraction of "
+                             "|reference mean|: seeds that happen to agree closely do not make "
+                             "a zero-width band.")
+    single_seed_rel: Float = Field(gt=0, description="Tolerance of a group with one seed on "
+                                   "both sides (no spread to measure), as a fraction of "
+                                   "|reference mean|.")
 
 
 class Params(Strict):

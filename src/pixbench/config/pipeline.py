@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pixbench.config.schema import DataConfig, Digestible, Float, SafeName, Strict
+from pixbench.config.schema import DataConfig, Digestible, SafeName
 from pixbench.errors import UserError
 
 
@@ -37,20 +37,6 @@ class ReportSpec(Digestible):
     @property
     def run_id(self) -> str:
         return "report"
-
-
-class VerifyConfig(Strict):
-    """How `pixbench verify` judges a fresh result against the committed reference when the
-    numbers cannot be bitwise equal (another CPU kind, another spec): see verify/compare.py."""
-
-    k: Float = Field(gt=0, description="A group departs when |mean fresh - mean reference| > "
-                     "k * SE, SE = sqrt(s_ref^2/n_ref + s_new^2/n_new) from the seed spread.")
-    rel_floor: Float = Field(ge=0, description="The smallest tolerance, as a fraction of "
-                             "|reference mean|: seeds that happen to agree closely do not make "
-                             "a zero-width band.")
-    single_seed_rel: Float = Field(gt=0, description="Tolerance of a group with one seed on "
-                                   "both sides (no spread to measure), as a fraction of "
-                                   "|reference mean|.")
 
 
 class VerifySpec(Digestible):
