@@ -105,7 +105,7 @@ def test_every_command_is_registered():
         "bench", "classify run", "data prepare", "dit eval", "dit sample", "dit train",
         "featnet train", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
             "report",
-        "sweep", "vq encode", "vq eval", "vq train"])
+        "sweep", "verify", "vq encode", "vq eval", "vq train"])
 
 
 def test_version(monkeypatch, capsys):
