@@ -150,6 +150,15 @@ def test_refusals_and_a_profile_without_reference(project, capsys):
     (d / "metrics.json").write_text(json.dumps({"spec_digest": "0" * 16, "top1": 1.0}))
     with pytest.raises(UserError, match="made with other settings"):
         collect(project, Paths(), HERE)
+    write_runs(project, base)
+    ref = reference_path(Paths(), project.profile)
+    ref.parent.mkdir(parents=True)
+    ref.write_text(json.dumps({"format": 1, "machine": {}, "groups": {"classify xxs p1": {}}}))
+    with pytest.raises(UserError, match="tiny.json: malformed reference"):
+        run_verify(project)
+    ref.write_text("{not json")
+    with pytest.raises(UserError, match="tiny.json: corrupt reference"):
+        run_verify(project)
 
 
 def test_tolerance_rule():

@@ -111,8 +111,12 @@ def compare(params: Params, paths: Paths, fresh: dict) -> dict:
     if ref.get("format") != FORMAT or not isinstance(ref.get("groups"), dict):
         raise UserError(f"{ref_file}: not a pixbench reference of format {FORMAT}; rewrite it "
                         "with `pixbench verify --update-reference`")
-    bitwise = same_kind(ref["machine"], fresh["machine"])
-    cells = judge(ref, fresh, params.verify, bitwise)
+    try:
+        bitwise = same_kind(ref["machine"], fresh["machine"])
+        cells = judge(ref, fresh, params.verify, bitwise)
+    except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or truncated file
+        raise UserError(f"{ref_file}: malformed reference ({type(exc).__name__}: {exc}); "
+                        "rewrite it with `pixbench verify --update-reference`") from None
     judged = [c for c in cells if c.ok is not None]
     departed = [c for c in judged if not c.ok]
     print(f"reference: {describe_kind(ref['machine'])}, git {', '.join(ref['git_sha'])}")
