@@ -53,7 +53,7 @@ class FolderImages(torch.utils.data.Dataset):
             if self.channels == 1:
                 raise UserError(f"{shown(path)}: a colour image, the tokenizer takes 1 channel")
             img = np.repeat(img, 3, axis=2)  # gray -> RGB, as prepare does for mixed splits
-        return torch.from_numpy(img)
+        return torch.from_numpy(np.array(img))  # PIL's buffer is read-only
 
 
 def loader_workers() -> int:
@@ -66,7 +66,7 @@ def folder_chunks(fs: FolderSplit, idx: np.ndarray, rows: range, size: int,
                   channels: int) -> Iterator[np.ndarray]:
     """uint8 (b, size, size, C) batches of CHUNK rows over `rows` (a run of whole chunks)."""
     ds = torch.utils.data.Subset(FolderImages(fs, idx, size, channels), rows)
-    workers = loader_workers() if len(rows) > CHUNK else 0
+    workers = min(loader_workers(), -(-len(rows) // CHUNK))  # no idle decode processes
     loader = torch.utils.data.DataLoader(ds, batch_size=CHUNK, shuffle=False,
                                          num_workers=workers, prefetch_factor=4 if workers else None)
     for batch in loader:

@@ -105,13 +105,18 @@ def run_encode(spec: EncodeSpec, paths: Paths, *, stale: str = "error", device: 
         return r.finish(from_main(manifest))
 
 
+def reads_folder(spec: EncodeSpec) -> bool:
+    """Whether `vq encode` decodes the ImageFolder itself (else it reads the gen cache)."""
+    return spec.data.source == "imagefolder"
+
+
 class _Source:
     """The encoded rows of each split (class-balanced subsets) and their uint8 batches: from
     the ImageFolder (data.source: imagefolder) or from the memory-mapped gen cache."""
 
     def __init__(self, spec: EncodeSpec, paths: Paths, channels: int) -> None:
         self.size, self.channels, subset = spec.data.image_size, channels, spec.latents
-        if spec.data.source == "imagefolder":
+        if reads_folder(spec):
             self.scans = enc.scan_folder(enc.folder_root(spec.data.root, paths.data_root))
             self.classes = list(self.scans["train"].classes)
             self.labels = {s: fs.labels for s, fs in self.scans.items()}
