@@ -16,6 +16,10 @@ featnet_app = noun("featnet", help="The small classifier whose features score sa
 dit_app = noun("dit", help="DiT on tokenizer latents: train, sample, evaluate (FID, IS, KID, "
                            "precision/recall).")
 
+FidRefOpt = Annotated[Path | None, typer.Option(
+    "--fid-ref", help="ADM reference batch (.npz: mu, sigma of Inception pool features) for "
+    "fid_inception_ref; default $PIXBENCH_FID_REF. Needs Inception weights "
+    "(python -m pixbench.eval.inception).")]
 DitSizeOpt = size_option("DiT size key (xxs, xs, s, b, l, xl); default: gen_sweep.sizes[0].")
 
 
@@ -71,9 +75,17 @@ def dit_train(params, patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = Non
               keys=_keys("fid_featnet", "isc_featnet_mean", "kid_featnet_mean",
                          "precision_featnet", "recall_featnet", "fid_inception",
                          "sample_img_per_s"))
-def dit_eval(params, patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = None):
+def dit_eval(params, patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = None,
+             fid_ref: FidRefOpt = None):
     """Sample (params' sample section), decode, and score with FID/IS/KID/precision/recall."""
+    import os
+
     from pixbench.config import make_dit_eval_spec
+    from pixbench.eval.inception import read_fid_reference
+
+    if fid_ref is not None:  # a machine path: handed to the run (and its workers) as the env var
+        read_fid_reference(fid_ref)  # a bad file fails here, before any sampling
+        os.environ["PIXBENCH_FID_REF"] = str(fid_ref.resolve())
 
     return make_dit_eval_spec(params, size=size, patch=patch, seed=seed)
 

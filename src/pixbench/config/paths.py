@@ -25,6 +25,9 @@ class Paths(BaseSettings):
     runs_dir: Path = Field(Path("runs"), description="Run directories.")
     reports_dir: Path = Field(Path("reports"), description="Reports and figures.")
     logs_dir: Path = Field(Path("logs"), description="Launcher logs (submitit folders).")
+    fid_ref: Path | None = Field(None, description="An ADM reference batch (.npz with mu, sigma "
+                                 "of Inception pool features) for `dit eval`'s "
+                                 "fid_inception_ref.")
 
     def cache_for(self, profile: str) -> Path:
         """data/<profile>: the classification cache of a profile (a safe name, inside)."""

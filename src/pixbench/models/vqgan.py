@@ -113,7 +113,12 @@ def restart_dead_codes(codebook: torch.Tensor, last_used: torch.Tensor, idx: tor
 
 def code_stats(idx: torch.Tensor, codebook_size: int) -> dict[str, float]:
     """Codebook usage (share of codes used at least once) and perplexity exp(H(p))."""
-    counts = torch.bincount(idx.flatten(), minlength=codebook_size).double()
+    return code_stats_from_counts(torch.bincount(idx.flatten(), minlength=codebook_size))
+
+
+def code_stats_from_counts(counts: torch.Tensor) -> dict[str, float]:
+    """code_stats from a per-code histogram (K,) (so codes can be counted chunk by chunk)."""
+    counts = counts.double()
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return {"codes_used": int((counts > 0).sum()),

@@ -29,7 +29,7 @@ from pixbench.eval.fidelity import featnet_payload, to_net_input
 from pixbench.config import FeatNetSpec, FidConfig
 from pixbench.models.featnet import FeatNet
 from pixbench.runio import read_json
-from pixbench.tasks.gen.data import balanced_images, gen_cache
+from pixbench.tasks.gen.data import gen_cache
 from pixbench.tasks.gen.parallel import chunked, rank_mean
 from pixbench.tasks.gen.syncbn import sync_batchnorm
 from pixbench.tasks.optim import set_lr
@@ -55,11 +55,6 @@ def reference_cache_name(profile: str, fid: FidConfig, featnet: dict) -> str:
     return f"{profile}-{fid.reference}-{fid.reference_images or 'all'}-featnet-{featnet['digest']}"
 
 
-def reference_images(paths: Paths, profile: str, fid: FidConfig, data_spec: dict) -> torch.Tensor:
-    """The real images samples are compared with: uint8 (M, C, H, W), class-balanced."""
-    return balanced_images(gen_cache(paths, profile, data_spec), fid.reference, fid.reference_images)
-
-
 def nhwc_to_input(images: np.ndarray, in_chans: int) -> torch.Tensor:
     """uint8 (N, H, W, C) -> the FeatNet input, float (N, in_chans, H, W) in [-1, 1]."""
     return to_net_input(torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2),
@@ -78,10 +73,12 @@ class Recipe:
 
 class Trainer:
     """Model (channels_last: ~20% faster convolutions on CPU; the state dict is unaffected),
-    its DDP wrapper and AdamW, over a training set held as one tensor."""
+    its DDP wrapper and AdamW, over the rows `rows` of a uint8 (N, H, W, C) split that may be
+    a memmap: each step gathers its batch by index and converts only that (no float copy of
+    the split; the values are those of a whole-split conversion, bit for bit)."""
 
     def __init__(self, rc: Recipe, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 device: torch.device) -> None:
+                 device: torch.device, rows: np.ndarray | None = None) -> None:
         self.rc, self.device = rc, device
         in_chans = int(images.shape[3])
         torch.manual_seed(rc.seed)  # the init draws from the global generator
@@ -90,9 +87,17 @@ class Trainer:
         self.model = sync_batchnorm(model.to(device, memory_format=torch.channels_last))
         self.ddp = distributed.wrap(self.model, device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=rc.lr, weight_decay=0.05)
-        self.x = nhwc_to_input(images, in_chans).contiguous(memory_format=torch.channels_last)
-        self.y = torch.as_tensor(labels, dtype=torch.long)  # (N,)
-        self.per_epoch = math.ceil(len(self.x) / rc.batch_size)
+        self.images, self.in_chans = images, in_chans
+        self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)  # (N,)
+        self.y = torch.as_tensor(np.asarray(labels)[self.rows], dtype=torch.long)  # (N,)
+        self.n = len(self.rows)
+        self.per_epoch = math.ceil(self.n / rc.batch_size)
+
+    def batch(self, mine: torch.Tensor) -> torch.Tensor:
+        """The FeatNet input of training rows `mine` (b,), channels_last, on the device."""
+        rows = self.rows[mine.numpy()]  # (b,) indices into the split
+        x = nhwc_to_input(np.asarray(self.images[rows]), self.in_chans)  # (b, C, H, W)
+        return x.contiguous(memory_format=torch.channels_last).to(self.device)
 
     def lr_at(self, step: int) -> float:
         """2% linear warm-up then cosine to 0 (as a LambdaLR of the base lr)."""
@@ -106,8 +111,8 @@ class Trainer:
         epoch, replayed up to `epoch`, so a resumed run draws what an uninterrupted one did."""
         gen = torch.Generator().manual_seed(self.rc.seed)
         for _ in range(epoch + 1):
-            order = torch.randperm(len(self.x), generator=gen)
-            flips = torch.rand(len(self.x), generator=gen) < 0.5
+            order = torch.randperm(self.n, generator=gen)
+            flips = torch.rand(self.n, generator=gen) < 0.5
         return order, flips
 
     def step(self, idx: torch.Tensor, flips: torch.Tensor) -> float:
@@ -115,7 +120,7 @@ class Trainer:
         global batch's mean loss. The last batch of an epoch may be short and split unevenly,
         so each rank's mean is weighted by its share (DDP then averages to the global mean)."""
         mine = idx[distributed.shard_range(len(idx))]
-        xb = self.x[mine].to(self.device)  # (b, C, H, W)
+        xb = self.batch(mine)  # (b, C, H, W)
         xb = torch.where(flips[mine, None, None, None].to(self.device), xb.flip(3), xb)
         logits = self.ddp(xb)  # (b, K)
         share = len(mine) * distributed.world_size() / len(idx)  # 1.0 on one process
@@ -158,16 +163,19 @@ class Trainer:
 
 
 @torch.no_grad()
-def top1(model: FeatNet, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    """Top-1 accuracy in fixed chunks, sharded across ranks (every rank gets the result)."""
+def top1(model: FeatNet, images: np.ndarray, y: torch.Tensor, device: torch.device) -> float:
+    """Top-1 accuracy on uint8 (N, H, W, C) images (a memmap is read chunk by chunk) in fixed
+    chunks, sharded across ranks (every rank gets the result)."""
     model.eval()
+    in_chans = model.hparams["in_chans"]
 
     def correct(b: int, start: int, stop: int) -> tuple[torch.Tensor]:
-        pred = model(x[start:stop].to(device)).argmax(1).cpu()  # (n,)
+        x = nhwc_to_input(np.asarray(images[start:stop]), in_chans)  # (n, C, H, W)
+        pred = model(x.to(device)).argmax(1).cpu()  # (n,)
         return (torch.tensor([int((pred == y[start:stop]).sum())]),)
 
-    (counts,) = chunked(len(x), EVAL_CHUNK, correct, (torch.zeros(0, dtype=torch.long),))
-    return int(counts.sum()) / max(1, len(x))
+    (counts,) = chunked(len(images), EVAL_CHUNK, correct, (torch.zeros(0, dtype=torch.long),))
+    return int(counts.sum()) / max(1, len(images))
 
 
 def train_featnet(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
@@ -184,8 +192,8 @@ def train_featnet(train_images: np.ndarray, train_labels: np.ndarray, val_images
 
 
 def _scores(tr: Trainer, val_images: np.ndarray, val_labels: np.ndarray, state: State) -> dict:
-    val = nhwc_to_input(val_images, tr.model.hparams["in_chans"])  # (M, C, H, W)
-    acc = top1(tr.model, val, torch.tensor(np.asarray(val_labels), dtype=torch.long), tr.device)
+    acc = top1(tr.model, val_images, torch.tensor(np.asarray(val_labels), dtype=torch.long),
+               tr.device)
     return {"val_top1": acc, "train_s": state.train_time_s,
             "params": sum(p.numel() for p in tr.model.parameters())}
 
@@ -205,7 +213,7 @@ def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = 
         r.describe()
         rc = Recipe(cfg.width, cfg.feature_dim, cfg.epochs, cfg.batch_size, cfg.lr, spec.seed)
         num_classes = int(max(labels[tr_idx].max(), val_labels.max() if len(val_labels) else 0)) + 1
-        tr = Trainer(rc, np.asarray(ds.train_images)[tr_idx], labels[tr_idx], num_classes, r.device)
+        tr = Trainer(rc, ds.train_images, labels, num_classes, r.device, rows=tr_idx)
         state = r.restore(model=tr.model, optimizer=tr.opt)
 
         def on_epoch(s: State) -> None:
@@ -216,7 +224,7 @@ def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = 
                       file=sys.stderr, flush=True)
 
         state = tr.fit(state, on_step=r.tick, on_epoch=on_epoch)
-        scores = _scores(tr, np.asarray(ds.val_images), val_labels, state)
+        scores = _scores(tr, ds.val_images, val_labels, state)
         meta = {"spec_digest": spec.digest(), "run_id": spec.run_id, "image_size": ds.image_size,
                 "val_top1": scores["val_top1"]}
         r.write_torch(WEIGHTS_FILE, featnet_payload(tr.model, meta))

