@@ -95,7 +95,8 @@ def test_uint8_batches_augment_on_the_device_as_in_the_workers(images):
     gives; here the 'device' is the CPU, test_gpu_augmentation_is_rank_invariant runs on CUDA."""
     labels = torch.arange(len(images))
     done = dataset(images, labels, IMAGENET28, 64)[2]
-    raw = dataset(images, labels, IMAGENET28, 64, augment_here=False)[2]
+    raw = list(batches(dataset(images, labels, IMAGENET28, 64, augment_here=False), 2,
+                       workers=0))[0]
     assert raw.x.dtype == torch.uint8 and raw.draws
     x, y, _ = raw.to(torch.device("cpu"), MEAN, STD, IMAGENET28)
     assert torch.equal(x, done.x) and torch.equal(y, done.y)
@@ -123,13 +124,16 @@ def test_gpu_augmentation_is_rank_invariant(images, monkeypatch):
     batch augmented on the GPU bitwise, and to the CPU result up to float rounding."""
     dev = torch.device("cuda")
     labels = torch.arange(len(images))
-    whole, _, _ = dataset(images, labels, IMAGENET28, 256, augment_here=False)[1].pin_memory() \
-        .to(dev, MEAN, STD, IMAGENET28)
+
+    def step1(pin: bool):
+        ds = dataset(images, labels, IMAGENET28, 256, augment_here=False)
+        return next(batches(ds, 1, workers=1, pin=pin)).to(dev, MEAN, STD, IMAGENET28)[0]
+
+    whole = step1(True)
     parts = []
     for r in range(4):
         as_rank(monkeypatch, r, 4)
-        b = dataset(images, labels, IMAGENET28, 256, augment_here=False)[1].pin_memory()
-        parts.append(b.to(dev, MEAN, STD, IMAGENET28)[0])
+        parts.append(step1(r % 2 == 0))
     assert torch.equal(torch.cat(parts), whole)
     as_rank(monkeypatch, 0, 1)
     cpu = dataset(images, labels, IMAGENET28, 256)[1].x

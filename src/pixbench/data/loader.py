@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -68,13 +68,13 @@ class Rows:
 
 @dataclass
 class Batch:
-    """This rank's rows of one global batch: uint8 x (b, H, W, C) with its augmentation draws,
-    or x already augmented and standardised (b, C, H, W) when `draws` is None."""
+    """This rank's rows of one global batch: x augmented and standardised (b, C, H, W), or
+    still uint8 (b, H, W, C) with the `draws` to augment it with on the device."""
 
     x: torch.Tensor
     y: torch.Tensor | None
     noise: torch.Tensor | None  # (b, L) MAE masking noise
-    draws: augment.Draws | None
+    draws: augment.Draws | None = None
 
     def pin_memory(self) -> "Batch":
         """DataLoader's pin thread calls this (page-locked memory: async host-to-device)."""
@@ -93,7 +93,7 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=nb)
 
         x = move(self.x)
-        if self.draws is not None:
+        if x.dtype == torch.uint8:
             x = augment.normalize(x, mean, std, cfg, draws=augment.to_device(self.draws, device, nb))
         return x, move(self.y), move(self.noise)
 
@@ -103,32 +103,41 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, images: Rows, labels: torch.Tensor | None, *, batch_size: int, seed: int,
                  epoch: int, first_step: int, cfg: AugmentConfig, mean: torch.Tensor,
-                 std: torch.Tensor, augment_here: bool, noise_tokens: int | None = None) -> None:
+                 std: torch.Tensor, augment_here: bool, noise_tokens: int | None = None,
+                 shard: slice | None = None) -> None:
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
         self.first_step, self.cfg, self.mean, self.std = first_step, cfg, mean, std
         self.augment_here, self.noise_tokens = augment_here, noise_tokens
         self.order = epoch_order(len(images), seed, epoch)  # (N,) shared by forked workers
-        self.mine = distributed.shard_rows(batch_size)
+        # this rank's rows of each global batch (`shard`: another rank's, for benchmarks)
+        self.mine = distributed.shard_rows(batch_size) if shard is None else shard
 
     def __len__(self) -> int:
         return len(self.images) // self.batch_size
 
     def __getitem__(self, j: int) -> Batch:
+        """The batch without `draws` (for the device path they are added where it is used:
+        drawing again is cheaper than sending a few small tensors between processes)."""
         b = self.batch_size
         idx = self.order[j * b:(j + 1) * b]  # (B,) the global batch
         gen = generator(self.seed, self.first_step + j)
         # every draw of the global batch, in the order one process takes them, then our rows
         draws = augment.draw(b, self.images.shape[3], self.cfg, gen)
-        noise = (torch.rand(b, self.noise_tokens, generator=gen)[self.mine]  # (b, L)
+        noise = (torch.rand(b, self.noise_tokens, generator=gen)[self.mine].clone()  # (b, L)
                  if self.noise_tokens else None)
         mine = idx[self.mine]
         x = torch.from_numpy(self.images.gather(mine.numpy()))  # (b, H, W, C) uint8
         y = None if self.labels is None else self.labels[mine]
-        draws = augment.rows(draws, self.mine)
         if self.augment_here:
-            return Batch(augment.normalize(x, self.mean, self.std, self.cfg, draws=draws), y,
-                         noise, None)
-        return Batch(x, y, noise, draws)
+            x = augment.normalize(x, self.mean, self.std, self.cfg,
+                                  draws=augment.rows(draws, self.mine))  # (b, C, H, W)
+        return Batch(x, y, noise)
+
+    def draws(self, j: int) -> augment.Draws:
+        """This rank's rows of step j's augmentation draws."""
+        gen = generator(self.seed, self.first_step + j)
+        return augment.rows(augment.draw(self.batch_size, self.images.shape[3], self.cfg, gen),
+                            self.mine)
 
 
 def auto_workers(device: torch.device) -> int:
@@ -149,16 +158,18 @@ def _quiet_worker(_: int) -> None:
 
 def batches(dataset: StepBatches, start: int, *, workers: int,
             pin: bool = False) -> Iterator[Batch]:
-    """Items start.. of `dataset`, in order, produced `workers` processes ahead (0: here)."""
+    """Items start.. of `dataset`, in order, produced `workers` processes ahead (0: here);
+    uint8 batches get their draws here."""
+    steps = range(start, len(dataset))
     if workers == 0:
-        for j in range(start, len(dataset)):
-            yield dataset[j].pin_memory() if pin else dataset[j]
-        return
-    # its own generator: DataLoader would otherwise draw its base seed from the global RNG
-    yield from torch.utils.data.DataLoader(
-        dataset, batch_size=None, sampler=range(start, len(dataset)), num_workers=workers,
-        pin_memory=pin, prefetch_factor=PREFETCH, worker_init_fn=_quiet_worker,
-        generator=torch.Generator().manual_seed(0))
+        items = (dataset[j].pin_memory() if pin else dataset[j] for j in steps)
+    else:  # its own generator: DataLoader would otherwise take its seed from the global RNG
+        items = torch.utils.data.DataLoader(
+            dataset, batch_size=None, sampler=steps, num_workers=workers, pin_memory=pin,
+            prefetch_factor=PREFETCH, worker_init_fn=_quiet_worker,
+            generator=torch.Generator().manual_seed(0))
+    for j, batch in zip(steps, items):
+        yield batch if dataset.augment_here else replace(batch, draws=dataset.draws(j))
 
 
 def epoch_batches(images: Rows, labels: torch.Tensor | None, cfg, seed: int, state, *,
