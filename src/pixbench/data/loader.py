@@ -141,12 +141,14 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 def auto_workers(device: torch.device) -> int:
-    """Loader workers when none are asked for: 0 on the CPU (the workers would take cores from
-    the training step; measured in reports/bench/scale-loader.md), else up to 4 of this
-    process's cores for gathering and pinning."""
+    """Loader workers when none are asked for (reports/bench/scale-loader.md measures both):
+    0 on the CPU, where a worker takes cores from the training step (the default profile's
+    step was no faster with one); on a GPU 2 (1 with 2 cores), which only gather rows and draw
+    parameters (~1 core's work for 3x an H100's ViT-S/2 demand) so that a slow read overlaps
+    the step instead of stalling it."""
     if device.type != "cuda":
         return 0
-    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
+    return max(1, min(2, len(os.sched_getaffinity(0)) - 1))
 
 
 def _quiet_worker(_: int) -> None:
