@@ -142,8 +142,8 @@ class StepBatches(torch.utils.data.Dataset):
 
 def auto_workers(device: torch.device) -> int:
     """Loader workers when none are asked for (reports/bench/scale-loader.md measures both):
-    0 on the CPU, where a worker takes cores from the training step (the default profile's
-    step was no faster with one); on a GPU 2 (1 with 2 cores), which only gather rows and draw
+    0 on the CPU, where a worker competes with the training step for the cores (on 2 cores
+    it slowed the default profile's short p=4 step, and gained on p=1 only in some runs); on a GPU 2 (1 with 2 cores), which only gather rows and draw
     parameters (~1 core's work for 3x an H100's ViT-S/2 demand) so that a slow read overlaps
     the step instead of stalling it."""
     if device.type != "cuda":
