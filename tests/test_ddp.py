@@ -52,11 +52,12 @@ def make_spec(task: str, params_path):
     return make_pretrain_spec(params, size=None, patch=4, seed=0)
 
 
-def run_task(task: str, spec) -> dict:
+def run_task(task: str, spec, loader_workers: int | None = None) -> dict:
     from pixbench.tasks.classify import run as classify
     from pixbench.tasks.mae import run as mae
 
-    return (classify if task == "classify" else mae).run(spec, Paths(), progress=False)
+    return (classify if task == "classify" else mae).run(spec, Paths(), progress=False,
+                                                         loader_workers=loader_workers)
 
 
 def _worker(rank: int, world: int, port: int, task: str, params_path: str, env: dict) -> None:
@@ -67,7 +68,9 @@ def _worker(rank: int, world: int, port: int, task: str, params_path: str, env: 
     try:
         if rank > 0:
             forbid_writes_off_rank0()
-        run_task(task, make_spec(task, params_path))
+        # each rank's shard comes from a loader worker process; the one process makes its
+        # batches itself: neither the rank count nor the worker count changes a batch
+        run_task(task, make_spec(task, params_path), loader_workers=1)
     finally:
         dist.destroy_process_group()
 

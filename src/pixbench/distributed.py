@@ -33,12 +33,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard(batch_idx: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous slice of a global batch (all ranks draw the same global batch)."""
-    n, w, r = batch_idx.shape[0], world_size(), rank()
+def shard_rows(n: int) -> slice:
+    """This rank's contiguous rows of a global batch of n (ranks in order tile it exactly)."""
+    w, r = world_size(), rank()
     if n % w:
         raise ValueError(f"global batch {n} is not divisible by world size {w}")
-    return batch_idx[r * (n // w):(r + 1) * (n // w)]
+    return slice(r * (n // w), (r + 1) * (n // w))
+
+
+def shard(batch_idx: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch (all ranks draw the same global batch)."""
+    return batch_idx[shard_rows(batch_idx.shape[0])]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

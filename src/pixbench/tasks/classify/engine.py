@@ -18,29 +18,31 @@ from torch import nn
 
 from pixbench import distributed
 from pixbench.data.augment import normalize
+from pixbench.data.loader import Rows, epoch_batches
 from pixbench.data.subsets import balanced_subset
 from pixbench.eval.measure import autocast
 from pixbench.models.vit import SIZES
 from pixbench.tasks.optim import clip_and_step, lr_at, peak_lr, set_lr
 from pixbench.tasks.runner import State
-from pixbench.tasks.seeds import epoch_order, generator, step_seed
+from pixbench.tasks.seeds import step_seed
 
 
 @dataclass
 class Tensors:
-    """The run's data in memory: uint8 (N, H, W, C) images, int64 labels, normalisation."""
+    """The run's data: uint8 (N, H, W, C) image rows of the (memory-mapped) cache, int64
+    labels in memory, normalisation."""
 
-    train_x: torch.Tensor
+    train_x: Rows
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: Rows
     val_y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
 
 
 def load_tensors(ds, train_subset: int | None, val_subset: int | None) -> Tensors:
-    """Fixed class-balanced subsets copied into memory on the CPU; batches are augmented
-    there and then moved."""
+    """Fixed class-balanced subsets: the images stay in the cache's memory map (batches read
+    only their rows), the labels are copied."""
     k = len(ds.classes)
     tr = balanced_subset(np.asarray(ds.train_labels), train_subset, k)
     va = balanced_subset(np.asarray(ds.val_labels), val_subset, k)
@@ -48,7 +50,7 @@ def load_tensors(ds, train_subset: int | None, val_subset: int | None) -> Tensor
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a))
 
-    return Tensors(t(ds.train_images[tr]), t(ds.train_labels[tr]), t(ds.val_images[va]),
+    return Tensors(Rows(ds.train_images, tr), t(ds.train_labels[tr]), Rows(ds.val_images, va),
                    t(ds.val_labels[va]), torch.tensor(ds.mean), torch.tensor(ds.std))
 
 
@@ -61,26 +63,24 @@ def use_bf16(precision: str, size: str, device: torch.device) -> bool:
 
 
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Tensors, cfg, seed: int,
-                    state: State, *, device: torch.device, bf16: bool, on_step) -> float:
+                    state: State, *, device: torch.device, bf16: bool, on_step,
+                    loader_workers: int | None = None) -> float:
     """Run the rest of epoch `state.epoch` from `state.epoch_step`; returns the epoch's mean
     train loss (over all of its steps, across resumes: the running sum is in the State).
-    `on_step(state, loss)` runs after every update (progress, curve points, checkpoints)."""
+    `on_step(state, loss)` runs after every update (progress, curve points, checkpoints).
+    `loader_workers`: data/loader.py's worker processes (None: its machine default)."""
     n = data.train_x.shape[0]
     steps_per_epoch = n // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     peak = peak_lr(cfg.optim, cfg.batch_size)
-    order = epoch_order(n, seed, state.epoch)
+    # this rank's shard of each global batch, augmented as one process would augment it
+    batches = epoch_batches(data.train_x, data.train_y, cfg, seed, state, mean=data.mean,
+                            std=data.std, device=device, workers=loader_workers)
     model.train()
     while state.epoch_step < steps_per_epoch:
         t0 = time.perf_counter()
-        idx = order[state.epoch_step * cfg.batch_size:(state.epoch_step + 1) * cfg.batch_size]
-        # every rank augments the whole global batch with the same generator and keeps its
-        # shard, so N ranks compute what one process would (up to reduction order)
-        x = normalize(data.train_x[idx], data.mean, data.std, cfg.augment,
-                      generator(seed, state.global_step))  # (B, C, H, W)
-        mine = distributed.shard(torch.arange(idx.shape[0]))
-        x, y = x[mine].to(device, non_blocking=True), data.train_y[idx[mine]].to(device)
+        x, y, _ = next(batches).to(device, data.mean, data.std, cfg.augment)  # (B/W, C, H, W)
         # stochastic depth: rank-aware, or every shard would draw the same drop masks
         torch.manual_seed(step_seed(seed, state.global_step) + 1 + 7_777 * distributed.rank())
         set_lr(opt, lr_at(state.global_step, total, warmup, peak, cfg.optim.min_lr_ratio))

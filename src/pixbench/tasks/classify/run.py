@@ -83,7 +83,8 @@ def load_data(spec: RunSpec, paths: Paths):
     return ds, data
 
 
-def train(run: Run, model: nn.Module, data: Tensors, *, bf16: bool, progress: bool) -> tuple[dict, State]:
+def train(run: Run, model: nn.Module, data: Tensors, *, bf16: bool, progress: bool,
+          loader_workers: int | None = None) -> tuple[dict, State]:
     """Train from the checkpoint (if any) to the last epoch; returns final val metrics, state."""
     spec, cfg, dev = run.spec, run.spec.classify, run.device
     opt = adamw(distributed.unwrap(model), cfg.optim)
@@ -121,7 +122,7 @@ def train(run: Run, model: nn.Module, data: Tensors, *, bf16: bool, progress: bo
 
     while state.epoch < cfg.epochs:
         train_loss = train_one_epoch(model, opt, data, cfg, spec.seed, state, device=dev,
-                                     bf16=bf16, on_step=on_step)
+                                     bf16=bf16, on_step=on_step, loader_workers=loader_workers)
         curve_point(state, train_loss)
         state.epoch, state.epoch_step = state.epoch + 1, 0
         state.take_mean_loss()
@@ -170,8 +171,9 @@ def compute_metrics(model: nn.Module, spec: RunSpec, manifest: dict, data: Tenso
 
 
 def run(spec: RunSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
-        progress: bool = True) -> dict:
-    """Train and evaluate one cell; resumes from ckpt/last.pt; reuses a finished run."""
+        progress: bool = True, loader_workers: int | None = None) -> dict:
+    """Train and evaluate one cell; resumes from ckpt/last.pt; reuses a finished run.
+    `loader_workers`: input worker processes (a machine choice; None: data/loader.py's)."""
     r = Run.open(spec, paths, stale=stale, device=device,
                  checkpoint_every_s=spec.classify.checkpoint_every_s)
     if not isinstance(r, Run):
@@ -184,7 +186,8 @@ def run(spec: RunSpec, paths: Paths, *, stale: str = "error", device: str = "aut
         r.describe()
         bf16 = use_bf16(spec.classify.precision, spec.size, r.device)
         model = distributed.wrap(model.to(r.device), r.device)
-        final, state = train(r, model, data, bf16=bf16, progress=progress)
+        final, state = train(r, model, data, bf16=bf16, progress=progress,
+                             loader_workers=loader_workers)
         metrics = {}
         if r.is_main:  # the throughput probe would time only one rank's share of the machine
             metrics = compute_metrics(distributed.unwrap(model), spec, ds.manifest, data, final,

@@ -10,33 +10,31 @@ from torch import nn
 
 from pixbench import distributed
 from pixbench.data.augment import normalize
+from pixbench.data.loader import Rows, epoch_batches
 from pixbench.eval.measure import autocast
 from pixbench.models.mae import MaskedAutoencoder
 from pixbench.tasks.optim import clip_and_step, lr_at, peak_lr, set_lr
 from pixbench.tasks.runner import State
-from pixbench.tasks.seeds import epoch_order, generator
 
 
-def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
+def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: Rows,
                     mean: torch.Tensor, std: torch.Tensor, cfg, seed: int, state: State, *,
-                    device: torch.device, bf16: bool, on_step) -> float:
-    """The rest of epoch `state.epoch` from `state.epoch_step`; returns the mean masked MSE."""
+                    device: torch.device, bf16: bool, on_step,
+                    loader_workers: int | None = None) -> float:
+    """The rest of epoch `state.epoch` from `state.epoch_step`; returns the mean masked MSE.
+    `loader_workers`: data/loader.py's worker processes (None: its machine default)."""
     steps_per_epoch = images.shape[0] // cfg.batch_size
     total, warmup = steps_per_epoch * cfg.epochs, round(cfg.optim.warmup_epochs * steps_per_epoch)
     peak = peak_lr(cfg.optim, cfg.batch_size)
-    order = epoch_order(images.shape[0], seed, state.epoch)
     tokens = (images.shape[1] // distributed.unwrap(model).patch) ** 2
+    # this rank's shard of each global batch and of its masking noise (drawn for the whole
+    # batch after the augmentation, from the same generator): N ranks mask as one process does
+    batches = epoch_batches(images, None, cfg, seed, state, mean=mean, std=std, device=device,
+                            workers=loader_workers, noise_tokens=tokens)
     model.train()
     while state.epoch_step < steps_per_epoch:
         t0 = time.perf_counter()
-        idx = order[state.epoch_step * cfg.batch_size:(state.epoch_step + 1) * cfg.batch_size]
-        gen = generator(seed, state.global_step)
-        x = normalize(images[idx], mean, std, cfg.augment, gen)  # (B, C, H, W)
-        # masking noise for the whole global batch from the same generator, then this rank's
-        # shard: N ranks mask exactly as one process does
-        noise = torch.rand(x.shape[0], tokens, generator=gen)  # (B, L)
-        mine = distributed.shard(torch.arange(x.shape[0]))
-        x, noise = x[mine].to(device), noise[mine].to(device)  # (B/W, C, H, W), (B/W, L)
+        x, _, noise = next(batches).to(device, mean, std, cfg.augment)  # (B/W, C, H, W), (B/W, L)
         set_lr(opt, lr_at(state.global_step, total, warmup, peak, cfg.optim.min_lr_ratio))
         with autocast(device, bf16):
             loss, _, _ = model(x, mask_ratio=cfg.mask_ratio, noise=noise)

@@ -17,6 +17,7 @@ from pixbench import distributed
 from pixbench.config import Paths, PretrainSpec
 from pixbench.data.augment import normalize
 from pixbench.data.cache import load_cache
+from pixbench.data.loader import Rows
 from pixbench.data.subsets import balanced_subset
 from pixbench.errors import UserError
 from pixbench.eval.flops import mae_forward_flops
@@ -56,7 +57,7 @@ def load_data(spec: PretrainSpec, paths: Paths):
                         "spec; re-run `pixbench data prepare`")
     cfg, k = spec.pretrain, len(ds.classes)
     tr = balanced_subset(np.asarray(ds.train_labels), cfg.train_subset, k)
-    images = torch.from_numpy(np.ascontiguousarray(ds.train_images[tr]))  # (N, H, W, C) uint8
+    images = Rows(ds.train_images, tr)  # (N, H, W, C) uint8, read per batch from the memory map
     val_idx = balanced_subset(np.asarray(ds.val_labels), VAL_IMAGES, k)
     val = torch.from_numpy(np.ascontiguousarray(ds.val_images[val_idx]))
     if images.shape[0] < cfg.batch_size:
@@ -66,8 +67,9 @@ def load_data(spec: PretrainSpec, paths: Paths):
 
 
 def run(spec: PretrainSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
-        progress: bool = True) -> dict:
-    """Pre-train one cell; resumes from ckpt/last.pt; writes encoder.pt."""
+        progress: bool = True, loader_workers: int | None = None) -> dict:
+    """Pre-train one cell; resumes from ckpt/last.pt; writes encoder.pt. `loader_workers`:
+    input worker processes (a machine choice; None: data/loader.py's default)."""
     cfg = spec.pretrain
     r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=cfg.checkpoint_every_s)
     if not isinstance(r, Run):
@@ -82,7 +84,7 @@ def run(spec: PretrainSpec, paths: Paths, *, stale: str = "error", device: str =
         state = r.restore(model=model, optimizer=opt)
         while state.epoch < cfg.epochs:
             loss = train_one_epoch(ddp, opt, images, mean, std, cfg, spec.seed, state, device=dev,
-                                   bf16=bf16, on_step=r.tick)
+                                   bf16=bf16, on_step=r.tick, loader_workers=loader_workers)
             val_loss = evaluate(model, val, mean, std, cfg.mask_ratio, device=dev, bf16=bf16)
             state.history.append({"epoch": state.epoch + 1, "step": state.global_step,
                                   "train_loss": loss, "val_recon_loss": val_loss,
@@ -98,7 +100,7 @@ def run(spec: PretrainSpec, paths: Paths, *, stale: str = "error", device: str =
         return r.finish(metrics, curve=state.history)
 
 
-def _outputs(r: Run, model: MaskedAutoencoder, manifest: dict, images: torch.Tensor,
+def _outputs(r: Run, model: MaskedAutoencoder, manifest: dict, images: Rows,
              val: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, state: State,
              bf16: bool) -> dict:
     """encoder.pt, the reconstruction arrays, measured speed; returns the metrics (rank 0)."""
