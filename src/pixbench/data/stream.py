@@ -20,6 +20,7 @@ Only an interruption (a kill, Ctrl-C, a time limit) leaves it, for the next run 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -71,6 +72,30 @@ def _digest(cfg, root: Path, scans: dict, chunk: int) -> str:
     return h.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def writing(path: Path):
+    """An OSError while writing `path` (as named in the cache) is a one-line UserError."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the dataset cache ({cache.reason(exc)}); "
+                        "nothing was changed") from None
+
+
+def _preallocate(path: Path, shape: tuple) -> int:
+    """An .npy of zeros whose disk blocks are reserved now: a full disk is an error before
+    decoding, not a SIGBUS when a memory-mapped write finds no block. Returns the data offset."""
+    mm = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
+    del mm
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no such call on this FS
+                raise
+    return _header_offset(path)
+
+
 def _header_offset(path: Path) -> int:
     mm = np.load(path, mmap_mode="r")  # parses the header only; maps without reading
     offset = int(mm.offset)
@@ -97,11 +122,11 @@ def make_plan(cfg, out_dir: Path, root: Path) -> Path:
                 "image_size": cfg.image_size, "alloc": alloc, "chunk": chunk, "splits": {}}
         for s, fs in scans.items():
             shape = (len(fs.files), cfg.image_size, cfg.image_size, alloc)
-            mm = np.lib.format.open_memmap(tmp / f"{s}_images.npy", "w+", np.uint8, shape)
-            del mm  # a sparse file: disk blocks are allocated as chunks are written
-            np.save(tmp / f"{s}_labels.npy", fs.labels)
-            plan["splits"][s] = {"files": list(fs.files), "shape": list(shape),
-                                 "offset": _header_offset(tmp / f"{s}_images.npy")}
+            with writing(out_dir / f"{s}_images.npy"):
+                offset = _preallocate(tmp / f"{s}_images.npy", shape)
+            with writing(out_dir / f"{s}_labels.npy"):
+                np.save(tmp / f"{s}_labels.npy", fs.labels)
+            plan["splits"][s] = {"files": list(fs.files), "shape": list(shape), "offset": offset}
         (tmp / DONE).mkdir()
         blob = json.dumps(plan, ensure_ascii=False).encode("utf-8", "surrogateescape")
         atomic_write_bytes(tmp / PLAN, blob)
@@ -140,6 +165,10 @@ def shard(ids: list, k: int, shards: int) -> list:
 
 def _marker(work: Path, split: str, i: int) -> Path:
     return work / DONE / f"{split}-{i:07d}.json"
+
+
+def is_done(work: Path, split: str, i: int) -> bool:
+    return _marker(work, split, i).is_file()
 
 
 # ----------------------------------------------------------------------------------- decode
@@ -192,7 +221,8 @@ def decode_chunks(work: Path, ids: list[tuple[str, int]] | None = None,
     plan = read_plan(work)
     ids = chunk_ids(plan) if ids is None else ids
     progress = progress and sys.stderr.isatty()
-    workers = workers or default_workers()
+    pending = sum(not is_done(work, s, i) for s, i in ids)
+    workers = min(workers or default_workers(), pending)
     jobs, done = _jobs(work, plan, ids), 0
     with contextlib.ExitStack() as stack:
         if workers > 1:
@@ -332,19 +362,22 @@ def finish(work: Path) -> dict:
         drop = [k for k, _ in bad[s]]
         if len(drop) == len(labels[s]):
             raise UserError(f"{spec['source']}: the {s} split has no images")
-        shapes[s] = _compact(work, s, plan["splits"][s]["shape"], drop, channels)
+        with writing(out_dir / f"{s}_images.npy"):
+            shapes[s] = _compact(work, s, plan["splits"][s]["shape"], drop, channels)
         if drop:  # nothing lost silently: what was left out is on record
             skipped[s] = [shown(plan["splits"][s]["files"][k]) for k in drop]
     files = {}
     for s in cache.SPLITS:
         for kind, shape, dt in (("images", shapes[s], "uint8"), ("labels", shapes[s][:1], "int64")):
             path = work / f"{s}_{kind}.npy"
-            _fsync(path)
-            files[path.name] = cache.file_info(path, shape, dt)
+            with writing(out_dir / path.name):
+                _fsync(path)
+                files[path.name] = cache.file_info(path, shape, dt)
     meta = {"source": spec["source"], "spec": spec, **({"skipped": skipped} if skipped else {})}
     manifest = cache.build_manifest(shapes, plan["classes"], meta, files, hist)
-    atomic_write_bytes(work / cache.MANIFEST,
-                       (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    with writing(out_dir / cache.MANIFEST):
+        atomic_write_bytes(work / cache.MANIFEST,
+                           (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     shutil.rmtree(work / DONE)
     (work / PLAN).unlink()
     cache.swap_in(work, out_dir)
