@@ -62,6 +62,8 @@ def merge(work: Path) -> dict:
 
     try:
         return stream.finish(work)
+    except stream.Incomplete:
+        raise
     except UserError:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -262,11 +262,15 @@ def _bounded(pool, jobs, in_flight: int):
 # ----------------------------------------------------------------------------------- finish
 
 
+class Incomplete(UserError):
+    """Chunks without a done marker: the work dir is kept for the shards still to run."""
+
+
 def _markers(work: Path, plan: dict) -> dict:
     ids = chunk_ids(plan)
     missing = [(s, i) for s, i in ids if not _marker(work, s, i).is_file()]
     if missing:
-        raise UserError(f"{work}: {len(missing)} of {len(ids)} chunks are not decoded (a shard "
+        raise Incomplete(f"{work}: {len(missing)} of {len(ids)} chunks are not decoded (a shard "
                         "failed or was cancelled); re-run `pixbench data prepare` to finish them")
     return {(s, i): json.loads(_marker(work, s, i).read_text()) for s, i in ids}
 
