@@ -41,30 +41,31 @@ def data_prepare(params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = Non
     spec = make_prepare_spec(load_params(params_path, profile), gen=gen)
     paths = Paths()
     kind, cluster = resolve_launcher(launcher, cluster)
-    if kind == "local":
+    if kind == "slurm" and spec.data.source == "imagefolder" and shards > 1:
+        metrics = _submit_shards(spec, paths, cluster, shards, workers, wait)
+    elif kind == "local" and workers is not None:
         from pixbench.data.prepare import run
 
         metrics = run(spec, paths, workers=workers)
-    else:
-        metrics = _submit(spec, paths, cluster, shards, workers, wait)
+    else:  # launch.py's TaskJob carries no worker count: a job decodes on all its cores
+        from pixbench.launch import launch
+
+        metrics = launch("prepare", spec, paths, launcher=kind, cluster=cluster, wait=wait,
+                         stale="error", device="cpu")
     typer.echo(json.dumps({k: metrics[k] for k in KEYS if k in metrics}))
 
 
-def _submit(spec, paths, cluster: str, shards: int, workers: int | None, wait: bool) -> dict:
-    """SLURM: an ImageFolder source as a sharded array + merge; the small array sources (and
-    --shards 1) as one job through pixbench.launch."""
-    if spec.data.source != "imagefolder" or shards == 1:
-        from pixbench.launch import launch
-
-        return launch("prepare", spec, paths, launcher="slurm", cluster=cluster, wait=wait,
-                      device="cpu")
+def _submit_shards(spec, paths, cluster: str, shards: int, workers: int | None,
+                   wait: bool) -> dict:
+    """The plan here (scan, preallocated output), then the shards as a job array and the
+    merge job after them."""
     from pixbench.data import shards as sharding
-    from pixbench.data.prepare import _folder_root, cache_path, check_writable, refusal_cleans
+    from pixbench.data.prepare import folder_root, cache_path, check_writable, refusal_cleans
     from pixbench.data.stream import make_plan
 
     out = cache_path(spec, paths).resolve()
     check_writable(out)
-    root = _folder_root(spec.data, paths.data_root)
+    root = folder_root(spec.data, paths.data_root)
     with refusal_cleans(out) as held:
         work = make_plan(spec.data, out, root.resolve())
         held.append(work)

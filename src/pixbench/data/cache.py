@@ -1,16 +1,12 @@
 """The uint8 dataset cache: `{split}_images.npy` (N, H, W, C), `{split}_labels.npy` (N,) and
-`manifest.json` (shapes, class names, per-channel mean/std, sizes and sha256 of every file, and
-the sha256 of the manifest's own content).
+`manifest.json` (shapes, classes, per-channel mean/std, size and sha256 of every file, and the
+sha256 of its own content). Training memory-maps the arrays and never decodes an image.
 
-Training memory-maps the arrays and never decodes an image file. Every load checks the manifest
-against its own checksum (a hand-edited mean/std or count is refused) and every array against
-the manifest: size, dtype and shape, plus a hash that stays cheap on multi-GB arrays (whole
-file when small, a fixed sample of blocks when large); `load_cache(..., full=True)` hashes
-everything. A corrupt cache is a one-line error naming the file, never silent garbage.
-
-Writes go to a temp dir next to the cache that is renamed into place at the end, so a failed
-or killed prepare never leaves a half-written cache; the temp dirs a killed prepare leaves are
-removed by the next write under the same cache root.
+Checks: every load, the manifest's own checksum and each array's size, dtype, shape and a quick
+hash (whole file when small, sampled blocks when large); `load_cache(full=True)` and `pixbench
+data verify` re-hash every byte against the sha256 taken once at prepare. A corrupt cache is a
+one-line error naming the file. Writes go to a hidden dir next to the cache, renamed into place
+at the end (never half-written); the temp dirs a killed prepare leaves are removed by the next.
 """
 
 from __future__ import annotations
@@ -196,7 +192,8 @@ def _fill(tmp: Path, out_dir: Path, splits: dict, classes: list[str], meta: dict
                 name = f"{split}_{kind}.npy"
                 files[name] = _save(tmp / name, np.ascontiguousarray(arr))
         name = MANIFEST
-        manifest = _manifest(splits, classes, meta, files)
+        manifest = build_manifest({s: a[0].shape for s, a in splits.items()}, classes, meta,
+                                  files, channel_hist(splits["train"][0]))
         with open(tmp / MANIFEST, "w") as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             f.flush()
@@ -223,11 +220,6 @@ def build_manifest(shapes: dict, classes: list[str], meta: dict, files: dict,
     }
     manifest[SELF_KEY] = manifest_digest(manifest)
     return manifest
-
-
-def _manifest(splits: dict, classes: list[str], meta: dict, files: dict) -> dict:
-    shapes = {s: splits[s][0].shape for s in splits}
-    return build_manifest(shapes, classes, meta, files, channel_hist(splits["train"][0]))
 
 
 def swap_in(tmp: Path, out_dir: Path) -> None:

@@ -42,7 +42,7 @@ def resize_uint8(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray
     return out
 
 
-def _folder_root(cfg: DataConfig, data_root: Path | None) -> Path:
+def folder_root(cfg: DataConfig, data_root: Path | None) -> Path:
     if cfg.root is None:
         raise UserError("data.root must name the ImageFolder directory when data.source=imagefolder")
     root = Path(cfg.root)
@@ -130,7 +130,7 @@ def prepare(cfg: DataConfig, out_dir: Path, data_root: Path | None, workers: int
     out_dir = Path(out_dir)
     check_writable(out_dir)
     if cfg.source == "imagefolder":
-        return prepare_folder(cfg, out_dir, _folder_root(cfg, data_root), workers, progress)
+        return prepare_folder(cfg, out_dir, folder_root(cfg, data_root), workers, progress)
     splits = load_array_splits(cfg, data_root)
     meta = {"source": cfg.source, "spec": cfg.model_dump()}
     return write_cache(out_dir, {s: (sp.images, sp.labels) for s, sp in splits.items()},

@@ -1,5 +1,5 @@
 """Per-channel pixel statistics of a cache's training split, for input normalisation: exact
-integer histograms, so chunks, shards and resumed runs all give the same numbers."""
+integer histograms, so chunks, shards and resumed prepares all give the same numbers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import numpy as np
 
 
 def channel_hist(images: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Per-channel histogram of uint8 (N, H, W, C) images: (C, 256) int64. Exact, and the
-    histograms of parts add up to the whole's, in any order: what lets chunks, shards and
-    resumed prepares give bit-identical statistics."""
+    """(C, 256) int64 per-channel histogram of uint8 (N, H, W, C) images: exact, and parts add
+    up to the whole in any order (chunks, shards, resumed runs: the same statistics)."""
     c = images.shape[3]
     hist = np.zeros((c, 256), dtype=np.int64)
     for i in range(0, images.shape[0], chunk):
@@ -20,8 +19,7 @@ def channel_hist(images: np.ndarray, chunk: int = 1024) -> np.ndarray:
 
 
 def stats_from_hist(hist: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of pixel/255 from channel_hist counts: sums in
-    exact integers (Python ints), one rounding at the end."""
+    """Per-channel mean and population std of pixel/255: exact integer sums, one rounding."""
     v = np.arange(256, dtype=object)
     mean, std = [], []
     for h in np.asarray(hist, dtype=np.int64):
