@@ -116,10 +116,13 @@ def refusal_cleans(out_dir: Path):
 def prepare_folder(cfg, out_dir: Path, root: Path, workers: int | None = None,
                    progress: bool = False) -> dict:
     """Plan, decode every chunk here with `workers` processes, finish; resumes a killed run."""
-    with refusal_cleans(out_dir) as held:
+    with refusal_cleans(out_dir) as held, contextlib.ExitStack() as stack:
+        pool = stream.start_pool(workers)  # forked before the file list exists
+        if pool is not None:
+            stack.enter_context(pool)
         work = stream.make_plan(cfg, out_dir, root)
         held.append(work)
-        stream.decode_chunks(work, None, workers, progress)
+        stream.decode_chunks(work, None, workers, progress, pool=pool)
         return stream.finish(work)
 
 

@@ -1,20 +1,13 @@
 """Streaming ImageFolder prepare: memory independent of N, parallel, resumable, shardable.
 
-    plan    scan both splits, then create `.{cache}.work-{digest}/` next to the cache: the uint8
-            image arrays preallocated as .npy memory maps, the labels, and plan.json (the file
-            list). The digest covers the data spec, the root and the file list, so only the
-            same prepare ever resumes into a work dir.
-    decode  chunks of CHUNK_BYTES of images, each by one worker process: decode, write its rows
-            of the memory map, flush, then write done/{split}-{i}.json (per-channel histogram,
-            unreadable files). Nothing decoded comes back through a pipe; a chunk with a marker
-            is never decoded again, so a killed prepare (or a requeued SLURM array task)
-            redoes at most the chunks in flight and ends byte-identical.
-    finish  sum the histograms (exact integers: any split into chunks or shards gives the same
-            statistics), leave out unreadable files on request, drop to one channel when every
-            image was gray, hash each file once, write the manifest and swap the work dir in.
-
-A refused prepare (bad input, disk full) removes its work dir: nothing is left half-written.
-Only an interruption (a kill, Ctrl-C, a time limit) leaves it, for the next run to resume.
+plan: scan both splits; create `.{cache}.work-{digest}/` (digest of spec, root and file list)
+with the image arrays preallocated as .npy memory maps, the labels and plan.json. decode: each
+chunk (CHUNK_BYTES of images) by one worker: decode, write its rows of the map, flush, then
+done/{split}-{i}.json (histogram, unreadable files); nothing decoded goes through a pipe, a
+marked chunk is never redone, so a killed run (or requeued array task) ends byte-identical.
+finish: exact summed histograms, unreadable files left out on request, one channel when all
+gray, each file hashed once, the manifest, the swap. A refusal (bad input, disk full) removes
+the work dir; only an interruption (kill, Ctrl-C, time limit) leaves it to resume from.
 """
 
 from __future__ import annotations
@@ -38,7 +31,7 @@ from pixbench.data.sources import check_same_classes, listed, scan_image_folder,
 from pixbench.errors import UserError
 from pixbench.runio import atomic_write_bytes
 
-CHUNK_BYTES = 32 << 20  # decoded bytes per chunk: ~1.6k images at 28px RGB... see chunk_len
+CHUNK_BYTES = 32 << 20  # decoded bytes per chunk (see chunk_len)
 PLAN = "plan.json"
 DONE = "done"
 PLAN_VERSION = 1
@@ -204,33 +197,45 @@ def _jobs(work: Path, plan: dict, ids: list[tuple[str, int]]):
     pool takes them as workers free up)."""
     c, spec = plan["chunk"], plan["spec"]
     for s, i in ids:
-        if _marker(work, s, i).is_file():
+        if is_done(work, s, i):
             continue
         sp = plan["splits"][s]
         yield (str(work), s, i, c, sp["files"][i * c:(i + 1) * c], plan["image_size"],
                plan["alloc"], spec["channels"], spec["fast_decode"], sp["offset"])
 
 
-def decode_chunks(work: Path, ids: list[tuple[str, int]] | None = None,
-                  workers: int | None = None, progress: bool = False) -> int:
-    """Decode the not-yet-done chunks of `ids` (default: all) with `workers` processes;
-    returns how many images were decoded now."""
+def start_pool(workers: int | None):
+    """A process pool with every worker already forked (None for one worker: decode here).
+    Start it before the plan (a list of every file) is read: forked workers then share a slim
+    parent instead of each holding a copy-on-write view of that list."""
     from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or default_workers()
+    if workers == 1:
+        return None
+    pool = ProcessPoolExecutor(workers)
+    pool.submit(os.getpid).result()  # fork start: all workers are created at the first submit
+    return pool
+
+
+def decode_chunks(work: Path, ids: list[tuple[str, int]] | None = None,
+                  workers: int | None = None, progress: bool = False, pool=None) -> int:
+    """Decode the not-yet-done chunks of `ids` (default: all) with `workers` processes (or
+    `pool`, from start_pool); returns how many images were decoded now."""
     from concurrent.futures.process import BrokenProcessPool
 
-    plan = read_plan(work)
-    ids = chunk_ids(plan) if ids is None else ids
-    progress = progress and sys.stderr.isatty()
-    pending = sum(not is_done(work, s, i) for s, i in ids)
-    workers = min(workers or default_workers(), pending)
-    jobs, done = _jobs(work, plan, ids), 0
     with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(workers))
-            # map() would submit every job at once; keep 2 per worker in flight
-            results = _bounded(pool, jobs, 2 * workers)
-        else:
-            results = map(decode_chunk, jobs)
+        if pool is None:
+            pool = start_pool(workers)
+            if pool is not None:
+                stack.enter_context(pool)
+        plan = read_plan(work)
+        ids = chunk_ids(plan) if ids is None else ids
+        progress = progress and sys.stderr.isatty()
+        jobs, done = _jobs(work, plan, ids), 0
+        # keep 2 chunks per worker in flight (map() would submit every job at once)
+        results = map(decode_chunk, jobs) if pool is None else \
+            _bounded(pool, jobs, 2 * pool._max_workers)  # noqa: SLF001 - the pool's own size
         try:
             for n in results:
                 done += n
@@ -268,11 +273,16 @@ class Incomplete(UserError):
 
 def _markers(work: Path, plan: dict) -> dict:
     ids = chunk_ids(plan)
-    missing = [(s, i) for s, i in ids if not _marker(work, s, i).is_file()]
+    missing = [(s, i) for s, i in ids if not is_done(work, s, i)]
     if missing:
         raise Incomplete(f"{work}: {len(missing)} of {len(ids)} chunks are not decoded (a shard "
                         "failed or was cancelled); re-run `pixbench data prepare` to finish them")
-    return {(s, i): json.loads(_marker(work, s, i).read_text()) for s, i in ids}
+    marks = {}
+    for s, i in ids:
+        m = json.loads(_marker(work, s, i).read_text())
+        m["hist"] = np.asarray(m["hist"], dtype=np.int64)  # (C, 256): 6 KiB, not 25 of ints
+        marks[s, i] = m
+    return marks
 
 
 def _check_bad(plan: dict, bad: dict, labels: dict) -> None:
@@ -319,8 +329,7 @@ def _compact(work: Path, split: str, shape: list, drop: list[int], channels: int
     keep[drop] = False
     new = (int(keep.sum()), shape[1], shape[2], channels)
     tmp = work / f"{split}_images.new.npy"
-    del_mm = np.lib.format.open_memmap(tmp, "w+", np.uint8, new)
-    del del_mm
+    _preallocate(tmp, new)
     step = chunk_len(shape[1], shape[3])
     rows = (mm[keep[lo:lo + len(mm)], ..., :channels] for lo, mm in
             _windows(path, tuple(shape), "r", step))
@@ -335,8 +344,7 @@ def _compact(work: Path, split: str, shape: list, drop: list[int], channels: int
 
 def _rebatch(blocks, step: int):
     """Blocks of varying length -> blocks of exactly `step` rows (the last shorter)."""
-    buf = []
-    have = 0
+    buf, have = [], 0
     for b in blocks:
         buf.append(np.array(b))
         have += len(b)
@@ -359,8 +367,7 @@ def finish(work: Path) -> dict:
     _check_bad(plan, bad, labels)
     gray = all(m["gray"] for m in marks.values())
     channels = 1 if spec["channels"] == "auto" and gray else plan["alloc"]
-    hist = sum(np.asarray(m["hist"], dtype=np.int64) for (s, _), m in marks.items()
-               if s == "train")[:channels]
+    hist = sum(m["hist"] for (s, _), m in marks.items() if s == "train")[:channels]
     shapes, skipped = {}, {}
     for s in cache.SPLITS:
         drop = [k for k, _ in bad[s]]
