@@ -91,7 +91,8 @@ def check_writable(out_dir: Path) -> None:
 def refusal_cleans(out_dir: Path):
     """Yields a list to put the work dir in. A refusal (UserError, OSError) removes it and the
     cache's parent dirs this call created: nothing changed. Anything else (KeyboardInterrupt,
-    SystemExit from a signal, a crash) leaves the work dir for the next run to resume."""
+    SystemExit from a signal, a dead decode worker: stream.Incomplete) leaves the work dir for
+    the next run to resume."""
     try:
         created = cache.make_dirs(out_dir.parent)
     except OSError as exc:
@@ -103,6 +104,8 @@ def refusal_cleans(out_dir: Path):
     held: list[Path] = []
     try:
         yield held
+    except stream.Incomplete:  # a crashed worker, shards still to run: keep the work to resume
+        raise
     except (UserError, OSError) as exc:
         for w in held:
             shutil.rmtree(w, ignore_errors=True)

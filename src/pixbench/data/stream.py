@@ -242,7 +242,7 @@ def decode_chunks(work: Path, ids: list[tuple[str, int]] | None = None,
                 if progress:
                     print(f"\rdecoded {done} images", end="", file=sys.stderr, flush=True)
         except BrokenProcessPool:  # a decoder crashed hard (or was killed): no exception to name
-            raise UserError(f"{shown(plan['out_dir'])}: an image decoding process died (a file "
+            raise Incomplete(f"{shown(plan['out_dir'])}: an image decoding process died (a file "
                             "that crashes PIL, or out of memory); re-run to resume, or run with "
                             "--workers 1 to find the file") from None
     if progress and done:
