@@ -19,7 +19,7 @@ from pixbench.gpucheck.data import make_cache, synthetic_split  # noqa: F401 - t
 torch.set_num_threads(2)
 
 TINY_DATA = {"source": "fashion_mnist", "image_size": 8, "root": None, "allow_download": False,
-             "skip_corrupt": False}
+             "skip_corrupt": False, "channels": "auto", "fast_decode": None}
 TINY_CLASSIFY = {
     "pool": "avg", "drop_path": 0.1, "pos_embed": "learn",
     "permutation": {"kind": "none", "swaps": 0, "distance": 1, "seed": 0},
@@ -86,7 +86,7 @@ def tiny_project(workdir: Path, tiny_params: dict) -> Path:
 # The generation track at test scale: 16x16 synthetic images, 4x down-sampling -> 4x4x4 latents.
 TINY_GEN = {
     "data": {"source": "fashion_mnist", "image_size": 16, "root": None, "allow_download": False,
-             "skip_corrupt": False},
+             "skip_corrupt": False, "channels": "auto", "fast_decode": None},
     "vq": {"pretrained": None, "downsample": 4, "base_channels": 8, "layers_per_block": 1,
            "mid_attention": False, "latent_channels": 4, "codebook_size": 16, "commitment": 0.25,
            "dead_code_steps": 3, "disc_start_step": 4, "disc_weight": 0.5, "disc_channels": 8,

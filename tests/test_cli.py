@@ -102,7 +102,7 @@ def test_debug_env_shows_traceback(tiny_project, monkeypatch, capsys):
 
 def test_every_command_is_registered():
     assert sorted(LEAVES) == sorted([
-        "bench", "classify run", "data prepare", "dit eval", "dit sample", "dit train",
+        "bench", "classify run", "data prepare", "data verify", "dit eval", "dit sample", "dit train",
         "featnet train", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
             "report",
         "sweep", "verify", "vq encode", "vq eval", "vq train"])

@@ -15,7 +15,7 @@ from pixbench.config import AugmentConfig, DataConfig
 from pixbench.data import sources
 from pixbench.data.augment import augment_batch
 from pixbench.data.cache import load_cache, write_cache
-from pixbench.data.prepare import load_image_folder, prepare, resize_uint8
+from pixbench.data.prepare import prepare, resize_uint8
 from pixbench.errors import UserError
 
 
@@ -72,7 +72,7 @@ def test_truncated_idx_is_rejected():
 
 def test_prepare_resizes_and_caches(fake_fmnist, tmp_path):
     cfg = DataConfig(source="fashion_mnist", image_size=14, root=None, allow_download=False,
-                     skip_corrupt=False)
+                     skip_corrupt=False, channels="auto", fast_decode=None)
     manifest = prepare(cfg, tmp_path / "cache", fake_fmnist)
     ds = load_cache(tmp_path / "cache")
     assert ds.train_images.shape == (40, 14, 14, 1) and ds.val_images.shape == (20, 14, 14, 1)
@@ -122,14 +122,19 @@ def test_image_folder_crop_resize(tmp_path):
                 im = Image.new("RGB", (40 + 10 * i, 20), (0, 255, 0))  # green margins
                 im.paste(Image.new("RGB", (20, 20), color), ((40 + 10 * i - 20) // 2, 0))
                 im.save(d / f"{i}.png")
-    split = load_image_folder(tmp_path / "imgs", "train", 8)
-    assert split.images.shape == (6, 8, 8, 3) and split.classes == ("cat", "dog")
-    assert split.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert split.images[0, :, :, 0].min() > 200 and split.images[3, :, :, 2].min() > 200  # centre kept
+    def cfg(root):
+        return DataConfig(source="imagefolder", image_size=8, root=str(root), allow_download=False,
+                          skip_corrupt=False, channels="auto", fast_decode=None)
+
+    prepare(cfg(tmp_path / "imgs"), tmp_path / "c", None)
+    ds = load_cache(tmp_path / "c")
+    assert ds.train_images.shape == (6, 8, 8, 3) and ds.classes == ["cat", "dog"]
+    assert ds.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.train_images[0, :, :, 0].min() > 200 and ds.train_images[3, :, :, 2].min() > 200
     with pytest.raises(UserError, match="nothing does not exist"):
-        load_image_folder(tmp_path / "nothing", "train", 8)
+        prepare(cfg(tmp_path / "nothing"), tmp_path / "c2", None)
     with pytest.raises(UserError, match="ImageFolder split not found"):
-        load_image_folder(tmp_path / "imgs" / "train", "train", 8)
+        prepare(cfg(tmp_path / "imgs" / "train"), tmp_path / "c3", None)
 
 
 def test_cifar_from_local_copy(tmp_path, monkeypatch):
@@ -237,7 +242,7 @@ def test_temp_dirs_of_a_killed_prepare_are_cleaned_next_time(tmp_path, capsys):
     assert proc.returncode == -9
     left = [p.name for p in root.iterdir()]
     assert len(left) == 1 and left[0].startswith(".c.tmp-") and not (root / "c").exists()
-    from pixbench.data.cache import _host
+    from pixbench.data.cache import host_tag as _host
 
     alive = root / f".c.tmp-{_host()}-{os.getpid()}-abcd1234"  # a writer still running: kept
     old = root / f".other.old-{_host()}-{os.getpid()}-abcd1234"  # alive pid but 2 days old

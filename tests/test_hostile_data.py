@@ -27,7 +27,7 @@ from PIL import Image
 from conftest import synthetic_split, write_params
 from hostile import assert_refused, run_cli
 from test_imagefolder import bomb_png
-from pixbench.data import cache, sources
+from pixbench.data import cache, sources, stream
 
 PREPARE = ["data", "prepare"]
 CLASSIFY = ["classify", "run", "--patch", "2"]
@@ -75,7 +75,7 @@ def ctx(workdir, tiny_params, monkeypatch):
     monkeypatch.setenv("PIXBENCH_DATA_ROOT", str(raw))
     tiny_params["profiles"]["tiny"]["data"] = {"source": "imagefolder", "image_size": 8,
                                                "root": "imgs", "allow_download": False,
-                                               "skip_corrupt": False}
+                                               "skip_corrupt": False, "channels": "auto", "fast_decode": None}
     return SimpleNamespace(work=workdir, raw=raw, f=raw / "imgs", mp=monkeypatch,
                            params=tiny_params, data=tiny_params["profiles"]["tiny"]["data"])
 
@@ -289,13 +289,15 @@ def _prepared(c, capsys):
 
 
 def _disk_full(c, nth: int) -> None:
-    """The nth np.save writes a header's worth of bytes, then the disk is full."""
-    _fail_for(c.mp, cache.np, "save", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), nth=nth,
-              before=lambda f, *a: f.write(b"\x93NUMPY" + b"\0" * 64))
+    """The nth preallocation of an image array finds the disk full."""
+    _fail_for(c.mp, stream.os, "posix_fallocate",
+              OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), nth=nth)
 
 
-def _eio_on_fsync(c, nth: int) -> None:
-    _fail_for(c.mp, cache.os, "fsync", OSError(errno.EIO, os.strerror(errno.EIO)), nth=nth)
+def _eio_on(c, name: str, where: str = "atomic_write_bytes") -> None:
+    """EIO while writing (or syncing) the cache file `name`."""
+    _fail_for(c.mp, stream, where, OSError(errno.EIO, os.strerror(errno.EIO)),
+              lambda path, *a: Path(path).name == name)
 
 
 def _read_only(c, path: Path) -> None:
@@ -314,11 +316,15 @@ def _file_at(path: Path) -> None:
 WRITE_CASES = {
     "disk-full": (lambda c, cap: _disk_full(c, 1),
                   "train_images.npy: cannot write the dataset cache (No space left on device)"),
-    "disk-full-over-old-cache": (lambda c, cap: (_prepared(c, cap), _disk_full(c, 3)),
+    "disk-full-over-old-cache": (lambda c, cap: (_prepared(c, cap), _disk_full(c, 2)),
                                  "val_images.npy: cannot write the dataset cache (No space"),
-    "eio-writing-manifest": (lambda c, cap: _eio_on_fsync(c, 5), "manifest.json: cannot write"),
-    "eio-over-old-cache": (lambda c, cap: (_prepared(c, cap), _eio_on_fsync(c, 2)),
+    "eio-writing-manifest": (lambda c, cap: _eio_on(c, "manifest.json"),
+                             "manifest.json: cannot write"),
+    "eio-over-old-cache": (lambda c, cap: (_prepared(c, cap), _eio_on(c, "train_labels.npy",
+                                                                      "_fsync")),
                            "train_labels.npy: cannot write"),
+    "eio-writing-a-chunk-marker": (lambda c, cap: _eio_on(c, "val-0000000.json"),
+                                   "cannot write the dataset cache (Input/output error)"),
     "temp-dir-permission-denied": (lambda c, cap: _fail_for(
         c.mp, cache.tempfile, "mkdtemp", _denied(c.work / "data")),
         "data: cannot write the dataset cache (Permission denied)"),
@@ -329,6 +335,10 @@ WRITE_CASES = {
     "rename-fails-over-old-cache": (lambda c, cap: (_prepared(c, cap), _fail_for(
         c.mp, Path, "rename", OSError(errno.EBUSY, os.strerror(errno.EBUSY)),
         lambda self, *a: self.name.startswith(".tiny.tmp-"))),
+        "cannot write the dataset cache (Device or resource busy)"),
+    "swap-in-fails-over-old-cache": (lambda c, cap: (_prepared(c, cap), _fail_for(
+        c.mp, Path, "rename", OSError(errno.EBUSY, os.strerror(errno.EBUSY)),
+        lambda self, *a: self.name.startswith(".tiny.work-"))),
         "cannot write the dataset cache (Device or resource busy)"),
     "cache-root-is-a-file": (lambda c, cap: _file_at(c.work / "data"), "data: is not a directory"),
     "cache-path-is-a-file": (lambda c, cap: _file_at(c.work / "data" / "tiny"),

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixbench.data.prepare import decode_file, decode_folder, load_image_folder, prepare
-from pixbench.data.sources import FolderSplit, scan_image_folder
+from pixbench.data import stream
+from pixbench.data.cache import load_cache
+from pixbench.data.prepare import decode_file, prepare
+from pixbench.data.sources import scan_image_folder
 from pixbench.errors import UserError
 
 
@@ -104,21 +106,41 @@ def _rgb(c):
     return Image.new("RGB", (6, 6), c)
 
 
-def test_gray_tree_keeps_one_channel_and_a_mix_gets_three(tmp_path):
-    _tree(tmp_path / "g", {"train": {"a": [_gray(10)], "b": [_gray(200)]}})
-    assert load_image_folder(tmp_path / "g", "train", 4).images.shape == (2, 4, 4, 1)
-    _tree(tmp_path / "m", {"train": {"a": [_gray(10)], "b": [_rgb((1, 2, 3))]}})
-    mixed = load_image_folder(tmp_path / "m", "train", 4).images
-    assert mixed.shape == (2, 4, 4, 3)
-    assert (mixed[0] == 10).all() and mixed[1, 0, 0].tolist() == [1, 2, 3]
-
-
-def Cfg(root: str, skip_corrupt: bool = False):
+def Cfg(root: str, skip_corrupt: bool = False, channels="auto", fast_decode=None):
     """An ImageFolder data section of 4x4 images."""
     from pixbench.config import DataConfig
 
     return DataConfig(source="imagefolder", image_size=4, root=root, allow_download=False,
-                      skip_corrupt=skip_corrupt)
+                      skip_corrupt=skip_corrupt, channels=channels, fast_decode=fast_decode)
+
+
+def _prepared(tmp_path, name: str, split: dict, **cfg):
+    """Prepare a tree whose train and val splits are both `split`; return the cache."""
+    _tree(tmp_path / name, {"train": split, "val": split})
+    prepare(Cfg(root=str(tmp_path / name), **cfg), tmp_path / f"{name}-cache", None)
+    return load_cache(tmp_path / f"{name}-cache")
+
+
+def test_gray_tree_keeps_one_channel_and_a_mix_gets_three(tmp_path):
+    gray = _prepared(tmp_path, "g", {"a": [_gray(10)], "b": [_gray(200)]})
+    assert gray.train_images.shape == (2, 4, 4, 1)
+    mixed = _prepared(tmp_path, "m", {"a": [_gray(10)], "b": [_rgb((1, 2, 3))]}).train_images
+    assert mixed.shape == (2, 4, 4, 3)
+    assert (mixed[0] == 10).all() and mixed[1, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_channels_1_keeps_gray_saved_as_rgb_gray_and_3_replicates(tmp_path):
+    """data.channels (issue 17): a gray dataset stored as RGB files stays 1 channel; colour
+    becomes PIL's luma; channels 3 replicates a gray tree."""
+    tree = {"a": [_rgb((40, 40, 40))], "b": [_rgb((200, 10, 30))]}
+    one = _prepared(tmp_path, "one", tree, channels=1).train_images
+    luma = np.asarray(_rgb((200, 10, 30)).convert("L"))[0, 0]
+    assert one.shape == (2, 4, 4, 1) and (one[0] == 40).all() and (one[1] == luma).all()
+    assert _prepared(tmp_path, "auto", tree).channels == 3
+    three = _prepared(tmp_path, "three", {"a": [_gray(7)], "b": [_gray(9)]}, channels=3)
+    assert three.train_images.shape == (2, 4, 4, 3) and (three.train_images[0] == 7).all()
+    with pytest.raises(ValueError, match="channels"):
+        Cfg(root="x", channels=2)
 
 
 def test_gray_train_with_colour_val_gives_both_three_channels(tmp_path):
@@ -153,18 +175,34 @@ def test_skip_corrupt_leaves_files_out_and_records_them(tmp_path):
     assert not (tmp_path / "c1").exists() and not (tmp_path / "c3").exists()
 
 
-def test_worker_pool_names_the_bad_file_and_keeps_order(tmp_path):
-    good, bad = tmp_path / "g.png", tmp_path / "bad.png"
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(good)
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    files = (str(good),) * 300
-    fs = FolderSplit(tmp_path, ("a",), files, np.zeros(300, np.int64))
-    out = decode_folder(fs, 8, workers=2)
-    assert out.images.shape == (300, 8, 8, 1) and (out.images == out.images[0]).all()
-    fs = FolderSplit(tmp_path, ("a",), files[:150] + (str(bad),) * 2 + files[:150],
-                     np.zeros(302, np.int64))
-    with pytest.raises(UserError, match=r"bad.png: cannot decode image .*; 1 more unreadable"):
-        decode_folder(fs, 8, workers=2)
+def _ramp_tree(root, n: int, bad_at: tuple[int, ...] = (), die_at: int | None = None) -> None:
+    """n copies of one 8x8 gray ramp in class a of both splits; broken or `die` files at the
+    given positions of train."""
+    ramp = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    for split in ("train", "val"):
+        (root / split / "a").mkdir(parents=True)
+        for i in range(n if split == "train" else 1):
+            path = root / split / "a" / f"{i:04d}.png"
+            if split == "train" and i in bad_at:
+                path.with_name(f"{i:04d}bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+            elif split == "train" and i == die_at:
+                path.with_name(f"{i:04d}die.png").write_bytes(b"")
+            else:
+                ramp.save(path)
+
+
+def test_worker_pool_names_the_bad_file_and_keeps_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 1)  # 16-image chunks: many jobs for 2 workers
+    _ramp_tree(tmp_path / "t", 300)
+    cfg = Cfg(root=str(tmp_path / "t")).model_copy(update={"image_size": 8})
+    prepare(cfg, tmp_path / "c", None, workers=2)
+    out = load_cache(tmp_path / "c").train_images
+    assert out.shape == (300, 8, 8, 1) and (out == out[0]).all()
+    _ramp_tree(tmp_path / "b", 302, bad_at=(150, 151))
+    cfg = Cfg(root=str(tmp_path / "b")).model_copy(update={"image_size": 8})
+    with pytest.raises(UserError, match=r"0150bad.png: cannot decode image .*; 1 more unreadable"):
+        prepare(cfg, tmp_path / "c2", None, workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c", "t"]  # no work dir left
 
 
 def test_bomb_is_refused_even_with_pils_limit_turned_off(tmp_path, monkeypatch):
@@ -174,21 +212,18 @@ def test_bomb_is_refused_even_with_pils_limit_turned_off(tmp_path, monkeypatch):
     assert arr is None and "10000x10000 pixels exceeds" in why
 
 
-def _dies_on_die_png(job):
+def _dies_on_die_png(job, draft=None):
     """A decoder that crashes hard (as on a file that segfaults PIL): no exception to catch."""
     import os
 
     if job[0].endswith("die.png"):
         os._exit(1)
-    return decode_file(job)
+    return decode_file(job, draft)
 
 
 def test_a_crashed_decoder_process_is_one_line(tmp_path, monkeypatch):
-    from pixbench.data import prepare as prep
-
-    good = tmp_path / "g.png"
-    Image.new("L", (8, 8), 3).save(good)
-    files = (str(good),) * 200 + (str(tmp_path / "die.png"),) + (str(good),) * 100
-    monkeypatch.setattr(prep, "decode_file", _dies_on_die_png)
-    with pytest.raises(UserError, match="an image decoding process died at or soon after"):
-        decode_folder(FolderSplit(tmp_path, ("a",), files, np.zeros(301, np.int64)), 8, workers=2)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 1)
+    _ramp_tree(tmp_path / "t", 301, die_at=200)
+    monkeypatch.setattr(stream, "decode_file", _dies_on_die_png)  # workers fork: inherited
+    with pytest.raises(UserError, match="an image decoding process died"):
+        prepare(Cfg(root=str(tmp_path / "t")), tmp_path / "c", None, workers=2)

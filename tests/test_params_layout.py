@@ -173,7 +173,7 @@ def test_pixbench_params_show_prints_it():
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output) == {"data": {
         "source": "imagefolder", "image_size": 28, "root": "imagenet", "allow_download": False,
-        "skip_corrupt": False}}
+        "skip_corrupt": False, "channels": "auto", "fast_decode": 2.0}}
 
 
 def test_the_linear_probe_recipe_extends_the_fine_tune_recipe(tmp_path):

@@ -107,6 +107,16 @@ class DataConfig(Strict):
     skip_corrupt: Bool = Field(description="ImageFolder: leave unreadable image files out "
                                "(listed under `skipped` in the cache manifest) instead of "
                                "refusing the tree.")
+    channels: Literal["auto", 1, 3] = Field(
+        description="Channels the cache stores. auto: 1 when every image file of both splits "
+                    "is gray (by its mode), else 3 (gray images replicated). 1: colour is "
+                    "converted to luma (ITU-R 601-2, PIL's L); 3: gray is replicated.")
+    fast_decode: Float | None = Field(
+        ge=1, description="ImageFolder JPEGs: null decodes every pixel (exact). A number g lets "
+                          "libjpeg decode at 1/2, 1/4 or 1/8 scale (PIL draft) while the short "
+                          "side stays >= g * image_size, then crops and resizes as usual: "
+                          "several times faster, pixels differ slightly "
+                          "(reports/bench/scale-prepare.md).")
 
 
 class OptimConfig(Strict):

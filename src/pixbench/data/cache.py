@@ -1,16 +1,12 @@
 """The uint8 dataset cache: `{split}_images.npy` (N, H, W, C), `{split}_labels.npy` (N,) and
-`manifest.json` (shapes, class names, per-channel mean/std, sizes and sha256 of every file, and
-the sha256 of the manifest's own content).
+`manifest.json` (shapes, classes, per-channel mean/std, size and sha256 of every file, and the
+sha256 of its own content). Training memory-maps the arrays and never decodes an image.
 
-Training memory-maps the arrays and never decodes an image file. Every load checks the manifest
-against its own checksum (a hand-edited mean/std or count is refused) and every array against
-the manifest: size, dtype and shape, plus a hash that stays cheap on multi-GB arrays (whole
-file when small, a fixed sample of blocks when large); `load_cache(..., full=True)` hashes
-everything. A corrupt cache is a one-line error naming the file, never silent garbage.
-
-Writes go to a temp dir next to the cache that is renamed into place at the end, so a failed
-or killed prepare never leaves a half-written cache; the temp dirs a killed prepare leaves are
-removed by the next write under the same cache root.
+Checks: every load, the manifest's own checksum and each array's size, dtype, shape and a quick
+hash (whole file when small, sampled blocks when large); `load_cache(full=True)` and `pixbench
+data verify` re-hash every byte against the sha256 taken once at prepare. A corrupt cache is a
+one-line error naming the file. Writes go to a hidden dir next to the cache, renamed into place
+at the end (never half-written); the temp dirs a killed prepare leaves are removed by the next.
 """
 
 from __future__ import annotations
@@ -30,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pixbench.data.stats import channel_hist, stats_from_hist
 from pixbench.errors import UserError
 
 SPLITS = ("train", "val")
@@ -108,11 +105,11 @@ class CachedDataset:
 # ------------------------------------------------------------------------------------ writing
 
 
-def _reason(exc: OSError) -> str:
+def reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or exc.__class__.__name__
 
 
-def _host() -> str:
+def host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
@@ -120,7 +117,7 @@ def _owner_gone(host: str, pid: int, mtime: float) -> bool:
     """Whether the prepare that made a temp dir can no longer be writing it."""
     if time.time() - mtime > STALE_AFTER_S:
         return True
-    if host != _host():
+    if host != host_tag():
         return False  # another node's writer may still be running: only age tells
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
@@ -147,7 +144,7 @@ def clean_stale_temps(cache_root: Path) -> list[Path]:
     return removed
 
 
-def _make_dirs(path: Path) -> list[Path]:
+def make_dirs(path: Path) -> list[Path]:
     """mkdir -p that returns the dirs it created (outermost first), so a failure can undo it."""
     missing = []
     while not path.exists() and path != path.parent:
@@ -176,8 +173,13 @@ def _save(path: Path, arr: np.ndarray) -> dict:
         np.save(f, arr)
         f.flush()
         os.fsync(f.fileno())  # on disk before the rename publishes it
+    return file_info(path, arr.shape, arr.dtype)
+
+
+def file_info(path: Path, shape, dtype) -> dict:
+    """The manifest entry of a written array: the one full hash is taken here, at prepare."""
     size = path.stat().st_size
-    return {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": size,
+    return {"shape": list(shape), "dtype": str(dtype), "bytes": size,
             "sha256": sha256_file(path), "quick_sha256": quick_sha256(path, size)}
 
 
@@ -190,31 +192,29 @@ def _fill(tmp: Path, out_dir: Path, splits: dict, classes: list[str], meta: dict
                 name = f"{split}_{kind}.npy"
                 files[name] = _save(tmp / name, np.ascontiguousarray(arr))
         name = MANIFEST
-        manifest = _manifest(splits, classes, meta, files)
+        manifest = build_manifest({s: a[0].shape for s, a in splits.items()}, classes, meta,
+                                  files, channel_hist(splits["train"][0]))
         with open(tmp / MANIFEST, "w") as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise UserError(f"{out_dir / name}: cannot write the dataset cache ({_reason(exc)}); "
+        raise UserError(f"{out_dir / name}: cannot write the dataset cache ({reason(exc)}); "
                         "nothing was changed") from None
     return manifest
 
 
-def _manifest(splits: dict, classes: list[str], meta: dict, files: dict) -> dict:
-    train = splits["train"][0]
-    # per-channel statistics of the training split, for input normalisation: two passes over
-    # chunks, so a large split is never copied to float64 whole
-    c, n = train.shape[3], train.shape[0] * train.shape[1] * train.shape[2]
-    chunks = [train[i:i + 1024].reshape(-1, c) for i in range(0, train.shape[0], 1024)]
-    mean = sum(x.sum(axis=0, dtype=np.float64) for x in chunks) / 255.0 / n
-    var = sum(((x / 255.0 - mean) ** 2).sum(axis=0) for x in chunks) / n
-    std = np.sqrt(var)
+def build_manifest(shapes: dict, classes: list[str], meta: dict, files: dict,
+                   hist: np.ndarray) -> dict:
+    """The manifest of a cache: `shapes` maps split -> images shape, `hist` is the training
+    split's channel_hist (per-channel mean/std for input normalisation)."""
+    mean, std = stats_from_hist(hist)
+    train = shapes["train"]
     manifest = {
         "format_version": FORMAT_VERSION, **meta,
-        "image_size": int(train.shape[1]), "channels": int(c),
+        "image_size": int(train[1]), "channels": int(train[3]),
         "num_classes": len(classes), "classes": list(classes),
-        "counts": {s: int(splits[s][0].shape[0]) for s in splits},
+        "counts": {s: int(shapes[s][0]) for s in shapes},
         "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
         "files": files,
     }
@@ -222,13 +222,15 @@ def _manifest(splits: dict, classes: list[str], meta: dict, files: dict) -> dict
     return manifest
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
+def swap_in(tmp: Path, out_dir: Path) -> None:
     """Rename the finished temp dir into place; the previous cache survives until then."""
     os.chmod(tmp, 0o755)  # mkdtemp makes 0o700
     if not out_dir.exists():
         tmp.rename(out_dir)
         return
-    old = out_dir.with_name(f".{out_dir.name}.old-" + tmp.name[len(f".{out_dir.name}.tmp-"):])
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{host_tag()}-{os.getpid()}-",
+                                dir=out_dir.parent))
+    old.rmdir()  # a unique free name that clean_stale_temps recognises
     out_dir.rename(old)
     try:
         tmp.rename(out_dir)
@@ -239,18 +241,18 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
 
 
 def _write(out_dir: Path, splits: dict, classes: list[str], meta: dict) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{_host()}-{os.getpid()}-",
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{host_tag()}-{os.getpid()}-",
                                 dir=out_dir.parent))
     try:
         manifest = _fill(tmp, out_dir, splits, classes, meta)
-        _swap_in(tmp, out_dir)
+        swap_in(tmp, out_dir)
         return manifest
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _undo(out_dir: Path, created: list[Path], before: os.stat_result | None) -> None:
+def undo(out_dir: Path, created: list[Path], before: os.stat_result | None) -> None:
     """After a failed write: remove the parent dirs this call created, or give the existing
     parent back its timestamps, since its content is as before (a refused prepare changes
     nothing that a tool watching mtimes could see)."""
@@ -272,10 +274,10 @@ def write_cache(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
     out_dir = Path(out_dir)
     _check_arrays(splits)
     try:
-        created = _make_dirs(out_dir.parent)
+        created = make_dirs(out_dir.parent)
     except OSError as exc:
         raise UserError(f"{exc.filename or out_dir.parent}: cannot create the cache folder "
-                        f"({_reason(exc)})") from None
+                        f"({reason(exc)})") from None
     before = None
     try:
         stale = clean_stale_temps(out_dir.parent)
@@ -284,10 +286,10 @@ def write_cache(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
         before = None if created or stale else out_dir.parent.stat()
         return _write(out_dir, splits, classes, meta)
     except BaseException as exc:
-        _undo(out_dir, created, before)
+        undo(out_dir, created, before)
         if isinstance(exc, OSError):  # mkdtemp or the renames; _fill names its own files
             raise UserError(f"{exc.filename or out_dir}: cannot write the dataset cache "
-                            f"({_reason(exc)}); nothing was changed") from None
+                            f"({reason(exc)}); nothing was changed") from None
         raise
 
 
@@ -331,7 +333,7 @@ def read_manifest(cache_dir: Path) -> dict:
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
-        raise UserError(f"{path}: cannot read the manifest ({_reason(exc)})") from None
+        raise UserError(f"{path}: cannot read the manifest ({reason(exc)})") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise _corrupt(path, exc.__class__.__name__) from None
     if not isinstance(manifest, dict):
@@ -359,7 +361,7 @@ def _check_file(path: Path, info: dict, verify: bool, full: bool) -> None:
         ok = (sha256_file(path) == info["sha256"]) if full else \
             (quick_sha256(path, size) == info["quick_sha256"])
     except OSError as exc:
-        raise UserError(f"{path}: cannot read ({_reason(exc)})") from None
+        raise UserError(f"{path}: cannot read ({reason(exc)})") from None
     if not ok:
         raise UserError(f"{path}: sha256 does not match {path.parent / MANIFEST} (corrupt cache; "
                         "re-run `pixbench data prepare`)")

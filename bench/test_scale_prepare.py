@@ -1,0 +1,43 @@
+"""Scale rehearsal of `pixbench data prepare` (issue 15): memory vs N, CPU per image, fast
+decode's pixel difference, extrapolation to ImageNet-1k.
+
+    nice -n 10 pytest bench/test_scale_prepare.py -m slow     # ~10-15 min on 2 cores
+    pytest bench/test_scale_prepare.py                         # the seconds smoke variant
+
+The full run writes reports/bench/scale-prepare.{md,json} (the --bench-out folder); the tree
+and caches go to a temp dir (about 3 GB at the largest 256px cache).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pixbench.bench import rehearsal, rehearsal_report
+
+MAIN_SRC = Path("/work/main/src")  # today's prepare, measured on the same trees when present
+
+
+@pytest.mark.slow
+def test_scale_rehearsal_writes_the_report(tmp_path_factory, request):
+    work = tmp_path_factory.mktemp("scale")
+    doc = rehearsal.run_rehearsal(work, main_src=MAIN_SRC if MAIN_SRC.is_dir() else None)
+    out = Path(request.config.rootpath) / request.config.getoption("--bench-out")
+    md = rehearsal_report.write(doc, out)
+    targets = json.loads(md.with_suffix(".json").read_text())["derived"]["targets"]
+    assert len(targets) >= 5 and all(isinstance(t["pass"], bool) for t in targets)
+
+
+def test_scale_rehearsal_smoke(tmp_path):
+    """A tiny tree through the same code: every figure present and sane."""
+    doc = rehearsal.run_rehearsal(tmp_path, sizes28=(20, 40), sizes256=(20, 40), n_val=8,
+                                  classes=4, fast_gaps=(1.0,), workers=1)
+    md = rehearsal_report.write(doc, tmp_path / "out")
+    derived = json.loads(md.with_suffix(".json").read_text())["derived"]
+    assert {"28px", "256px"} <= set(derived["growth"]) and derived["targets"]
+    assert all(r["cpu_s"] > 0 and r["peak_rss_gib"] > 0 and r["disk_mib"] > 0
+               for r in doc["rows"])
+    assert 0 < doc["fast_decode_diff_28px"]["1.0"]["mean"] < 20
+    assert "Extrapolation to ImageNet-1k" in md.read_text()
