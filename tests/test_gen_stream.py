@@ -47,7 +47,8 @@ def folder_project(gen_project: Path, workdir: Path) -> Path:
     jpeg_tree(workdir / "jpegs", {"train": 14, "val": 6}, seed=0)
     raw = yaml.safe_load(gen_project.read_text())
     data = {"source": "imagefolder", "image_size": SIZE, "root": str(workdir / "jpegs"),
-            "allow_download": False, "skip_corrupt": False}
+            "allow_download": False, "skip_corrupt": False, "channels": "auto",
+            "fast_decode": None}
     raw["profiles"]["tiny"]["gen"]["data"] = data
     gen_project.write_text(yaml.safe_dump(raw, sort_keys=False))
     prepare(DataConfig(**data), workdir / "data" / "tiny-gen", None)
