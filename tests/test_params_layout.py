@@ -35,9 +35,8 @@ def profile_digest(profile) -> str:
 
 
 def test_specs_and_profiles_keep_their_digests():
-    """Pinned from params.yaml: no run of the default profile is invalidated, and all three
-    profiles resolve to exactly the values they had, unless the pins are re-recorded on purpose
-    (params_digests.json says when: a recipe change is meant to re-run its cells)."""
+    """Pinned from the old params.yaml: no run of the default profile is invalidated, and all
+    three profiles resolve to exactly the values they had."""
     params = load_params(PARAMS)
     assert params.profile == "fmnist-cpu"
     changed = []
