@@ -197,13 +197,30 @@ def _abs_paths(paths) -> dict:
             for k, v in paths.model_dump().items()}
 
 
+def _finished_alone(spec, paths, stale: str) -> dict | None:
+    """A single process's finished run of this spec, re-published, before the task module (and
+    torch, timm: ~4-5 s of CPU) is imported: what `dvc repro` does for each cell that
+    `pixbench sweep` already ran. Under torchrun the runner decides, with every rank."""
+    from pixbench.tasks.rundir import finished_metrics, publish
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    run_dir = paths.run_dir(spec.profile, spec.run_id)
+    done = finished_metrics(run_dir, spec, stale, paths.runs_dir, delete=False)
+    if done is not None:
+        publish(paths, spec, done, run_dir / "curve.json")
+    return done
+
+
 def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
            stale: str = "error", device: str = "auto", wait: bool = True) -> dict:
     """Run one task spec here or on SLURM; blocking mode returns the metrics."""
     kind, cluster = resolve_launcher(launcher, cluster)
     job = TaskJob(task, spec.canonical(), _abs_paths(paths), stale, device)
     if kind == "local":
-        return _task_run(task)(spec, paths, stale=stale, device=device)
+        done = _finished_alone(spec, paths, stale)
+        return done if done is not None else _task_run(task)(spec, paths, stale=stale,
+                                                             device=device)
     profile = load_cluster(cluster)
     executor = make_executor(profile, paths.logs_dir.resolve() / "submitit", spec.run_id)
     submitted = executor.submit(job)

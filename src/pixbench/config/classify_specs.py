@@ -58,7 +58,7 @@ class PretrainSpec(Digestible):
 
 def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: int,
                        variant: str | None = None) -> RunSpec:
-    from pixbench.models.vit import SIZES
+    from pixbench.models.sizes import SIZES
 
     prof = params.active
     size = size or params.sweep.sizes[0]

@@ -157,7 +157,7 @@ def gen_problems(gen: GenConfig, sweep: GenSweep | None, where: str) -> list[str
         out.append(f"{where}.vq.downsample={gen.vq.downsample} does not divide "
                    f"{where}.data.image_size={gen.data.image_size}")
     if sweep is not None:
-        from pixbench.models.dit import DIT_SIZES
+        from pixbench.models.sizes import DIT_SIZES
 
         unknown = [z for z in sweep.sizes if z not in DIT_SIZES]
         if unknown:

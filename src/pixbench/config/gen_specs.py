@@ -153,7 +153,7 @@ def make_vq_eval_spec(params: Params) -> VQEvalSpec:
 
 
 def make_dit_spec(params: Params, *, size: str | None, patch: int, seed: int) -> DitSpec:
-    from pixbench.models.dit import DIT_SIZES
+    from pixbench.models.sizes import DIT_SIZES
 
     gen = _gen(params)
     size = size or (params.gen_sweep.sizes[0] if params.gen_sweep else "xxs")

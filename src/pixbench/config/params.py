@@ -106,7 +106,7 @@ def cross_problems(params: Params) -> list[str]:
     if params.profile not in params.profiles:
         return [f"profile {params.profile!r} is not one of profiles: "
                 f"{', '.join(params.profiles)}"]
-    from pixbench.models.vit import SIZES
+    from pixbench.models.sizes import SIZES
 
     out = []
     unknown = [s for s in params.sweep.sizes if s not in SIZES]

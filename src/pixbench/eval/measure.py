@@ -64,7 +64,8 @@ def measure_train(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Ten
     """img/s and peak memory of fwd+bwd+AdamW on a throwaway copy (the run's state is untouched)."""
     device = batch.device
     model = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # fused, as the runs' optimiser (tasks/optim.py), so the probe times the same step
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
 
     def step() -> None:
         with autocast(device, bf16):

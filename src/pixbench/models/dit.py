@@ -25,19 +25,9 @@ import torch
 from torch import nn
 
 from pixbench.eval.flops import block_forward_flops
+from pixbench.models.sizes import DIT_SIZES  # noqa: F401 (re-exported)
 
 PosEmbedKind = Literal["learn", "sincos"]
-
-# Peebles & Xie 2023, Table 1 (hidden size, depth, heads), plus two CPU sizes that train in
-# minutes on 2 cores. Values are DiT constructor kwargs: `DiT(**DIT_SIZES["s"], ...)`.
-DIT_SIZES: dict[str, dict] = {
-    "xxs": {"hidden_size": 64, "depth": 4, "num_heads": 4},
-    "xs": {"hidden_size": 96, "depth": 6, "num_heads": 6},
-    "s": {"hidden_size": 384, "depth": 12, "num_heads": 6},
-    "b": {"hidden_size": 768, "depth": 12, "num_heads": 12},
-    "l": {"hidden_size": 1024, "depth": 24, "num_heads": 16},
-    "xl": {"hidden_size": 1152, "depth": 28, "num_heads": 16},
-}
 
 # DiT's sinusoidal timestep features before the MLP (models.py, TimestepEmbedder).
 FREQUENCY_EMBEDDING_SIZE = 256

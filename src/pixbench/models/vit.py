@@ -10,7 +10,6 @@ Nothing here is registered in timm: `pit_*` names belong to timm's unrelated PiT
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -18,30 +17,8 @@ from torch import nn
 
 from pixbench.eval.flops import VitShape
 from pixbench.models.locality import PosEmbed, attach_pixel_permutation, set_pos_embed
+from pixbench.models.sizes import SIZES, ViTSize  # noqa: F401 (re-exported)
 
-
-@dataclass(frozen=True)
-class ViTSize:
-    """Width, depth and heads of a named size."""
-
-    name: str  # display letter(s): "S" in ViT-S/4
-    dim: int
-    depth: int
-    heads: int
-    mlp_ratio: float = 4.0
-
-
-# CPU sizes first (the defaults must train in minutes on 2 cores), then the paper's T/S/B,
-# which are ViT-Ti/S/B (Touvron et al. 2021; Dosovitskiy et al. 2021) with 12 blocks.
-SIZES: dict[str, ViTSize] = {
-    "xxs": ViTSize("XXS", dim=48, depth=3, heads=3),
-    "xs": ViTSize("XS", dim=64, depth=4, heads=4),
-    "m": ViTSize("M", dim=128, depth=4, heads=4),
-    "t": ViTSize("T", dim=192, depth=12, heads=3),
-    "s": ViTSize("S", dim=384, depth=12, heads=6),
-    "b": ViTSize("B", dim=768, depth=12, heads=12),
-    "l": ViTSize("L", dim=1024, depth=24, heads=16),
-}
 
 Pool = Literal["avg", "cls"]
 

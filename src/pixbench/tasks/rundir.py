@@ -1,5 +1,7 @@
 """A run dir's guards: one process at a time (the lock), deletions only inside the runs dir
-(never through a symlink), and the check of an existing run dir against the spec.
+(never through a symlink), the check of an existing run dir against the spec, and the
+DVC-facing copies of a finished run's results (`publish`). Torch-free: a finished cell is
+re-published without importing torch (launch.py).
 
 The lock is `flock` on `runs/<profile>/.<run_id>.lock`, beside the run dir (DVC deletes and
 restores the run dir itself; the lock file outlives that). flock belongs to the open file, so
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from pixbench.config.schema import spec_diff
 from pixbench.errors import UserError
-from pixbench.runio import CKPT_NAME, read_json, under_root
+from pixbench.runio import CKPT_NAME, atomic_write_json, read_json, under_root
 
 METRICS = "metrics.json"
 
@@ -95,3 +97,24 @@ def finished_metrics(run_dir: Path, spec, stale: str, root: Path, *, delete: boo
         raise UserError(f"{run_dir / CKPT_NAME} has no spec.json beside it; pass --stale restart")
     remove_run_dir(run_dir, root, dry=not delete)
     return None
+
+
+def dvc_file(paths, kind: str, profile: str, run_id: str) -> Path:
+    """reports/{metrics,curves}/<profile>/<run_id>.json: one place for the DVC-facing names."""
+    return Path(paths.reports_dir) / kind / profile / f"{run_id}.json"
+
+
+def publish(paths, spec, metrics: dict, curve_path: Path) -> None:
+    """The DVC-facing copies of a run's results, beside its run dir: the numeric metrics and
+    the learning curve, which each stage declares as `metrics:` and `plots:` (cache: false),
+    so `dvc metrics show/diff`, `dvc plots` and `dvc exp show` list them per cell."""
+    atomic_write_json(dvc_file(paths, "metrics", spec.profile, spec.run_id), headline(metrics))
+    if curve_path.exists():
+        atomic_write_json(dvc_file(paths, "curves", spec.profile, spec.run_id),
+                          read_json(curve_path, "curve"))
+
+
+def headline(metrics: dict) -> dict:
+    """The numbers of a metrics dict (no identifiers, no flags): what `dvc metrics` shows."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -42,7 +42,7 @@ from pixbench.errors import UserError
 from pixbench.runio import (CKPT_NAME, atomic_write_bytes, atomic_write_json, load_checkpoint,
                             read_json, run_manifest, save_checkpoint)
 from pixbench.tasks.guards import finite_loss, float_tensors, nonfinite
-from pixbench.tasks.rundir import METRICS, RunLock, finished_metrics
+from pixbench.tasks.rundir import METRICS, RunLock, finished_metrics, publish
 from pixbench.tasks.signals import STOP, Interrupted, signal_name
 
 
@@ -326,27 +326,6 @@ def _on_main(fn):
     if distributed.max_over_ranks([int(err is not None)])[0]:
         raise err or UserError("rank 0 refused the run (its error is in rank 0's log)")
     return result
-
-
-def dvc_file(paths, kind: str, profile: str, run_id: str) -> Path:
-    """reports/{metrics,curves}/<profile>/<run_id>.json: one place for the DVC-facing names."""
-    return Path(paths.reports_dir) / kind / profile / f"{run_id}.json"
-
-
-def publish(paths, spec, metrics: dict, curve_path: Path) -> None:
-    """The DVC-facing copies of a run's results, beside its run dir: the numeric metrics and
-    the learning curve, which each stage declares as `metrics:` and `plots:` (cache: false),
-    so `dvc metrics show/diff`, `dvc plots` and `dvc exp show` list them per cell."""
-    atomic_write_json(dvc_file(paths, "metrics", spec.profile, spec.run_id), headline(metrics))
-    if curve_path.exists():
-        atomic_write_json(dvc_file(paths, "curves", spec.profile, spec.run_id),
-                          read_json(curve_path, "curve"))
-
-
-def headline(metrics: dict) -> dict:
-    """The numbers of a metrics dict (no identifiers, no flags): what `dvc metrics` shows."""
-    return {k: v for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _unwrap(obj: Any) -> Any:

@@ -87,11 +87,12 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Tensors,
         with autocast(x.device, bf16):
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         clip_and_step(model, opt, loss, cfg.optim.grad_clip)
-        state.add_loss(loss.item())
+        loss_value = loss.item()  # the step's one host sync
+        state.add_loss(loss_value)
         state.epoch_step += 1
         state.global_step += 1
         state.train_time_s += time.perf_counter() - t0
-        on_step(state, loss.item())
+        on_step(state, loss_value)
     return state.loss_sum / max(1, state.loss_count)
 
 
