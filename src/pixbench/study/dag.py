@@ -96,7 +96,10 @@ def _params_read_once():
     original = config.load_params
     cached = functools.lru_cache(maxsize=8)(lambda path, _stat: original(path))
     def load(path):
-        st = Path(path).stat()
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return original(path)  # its one-line error names the file
         return cached(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
 
     config.load_params = load
