@@ -56,5 +56,6 @@ def make_study_repo(path: Path, params: dict) -> Path:
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q", "-f"], cwd=path,
                    check=True)
-    (path / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
+    with open(path / ".dvc" / "config", "a") as f:  # `dvc init --no-scm` wrote no_scm = True
+        f.write("    analytics = false\n    check_update = false\n")
     return path

@@ -262,18 +262,20 @@ def finished(task: str, spec, paths, stale: str = "restart") -> dict | None:
 
 
 def _prepared(spec, paths) -> dict | None:
+    """A cache that loads (manifest checksum, sizes, shapes, quick hashes: the checks training
+    makes) and was written for this data config; else None (prepare writes a fresh one)."""
     import json
 
-    from pixbench.data.cache import FORMAT_VERSION, MANIFEST, SELF_KEY, manifest_digest
+    from pixbench.data.cache import load_cache
 
     out = paths.gen_cache_for(spec.profile) if spec.track == "gen" else paths.cache_for(spec.profile)
-    try:
-        manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
+    if not (out / "manifest.json").is_file():
         return None
-    want = json.loads(json.dumps(spec.data.model_dump(mode="json")))
-    if not isinstance(manifest, dict) or manifest.get(SELF_KEY) != manifest_digest(manifest) \
-            or manifest.get("format_version") != FORMAT_VERSION or manifest.get("spec") != want:
+    try:
+        manifest = load_cache(out, verify=True).manifest
+    except UserError:
+        return None
+    if manifest.get("spec") != json.loads(json.dumps(spec.data.model_dump(mode="json"))):
         return None
     return {"run_id": spec.run_id, "path": str(out), "counts": manifest["counts"],
             "image_size": manifest["image_size"], "channels": manifest["channels"],

@@ -113,13 +113,12 @@ def load_cells(root: Path, targets: list[str] | None = None) -> list[Cell]:
     """The cells of `dvc repro [targets]` in the repo at `root`, parents before children.
     Run with the working directory at `root` (params.yaml and the machine paths are relative)."""
     import networkx as nx
-    from dvc.repo import Repo
 
     from pixbench.config import Paths
     from pixbench.launch import finished
 
     paths = Paths()
-    with Repo(str(root)) as repo, _params_read_once():
+    with _repo(root) as repo, _params_read_once():
         graph = _graph(repo, list(targets or []))
         order = list(reversed(list(nx.topological_sort(graph))))
         cells = []
@@ -134,9 +133,21 @@ def load_cells(root: Path, targets: list[str] | None = None) -> list[Cell]:
     return cells
 
 
-def dvc_clean(root: Path, targets: list[str] | None = None) -> bool:
-    """Whether `dvc status [targets]` has nothing to report (every cell recorded)."""
+@contextlib.contextmanager
+def _repo(root: Path):
+    """DVC's Repo at `root`; DVC's own errors (no repo, a bad dvc.yaml) become one line."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    try:
+        with Repo(str(root)) as repo:
+            yield repo
+    except DvcException as exc:
+        raise UserError(f"{root}: {str(exc).splitlines()[0]}") from None
+
+
+def dvc_clean(root: Path, targets: list[str] | None = None) -> bool:
+    """Whether `dvc status [targets]` has nothing to report (every cell recorded)."""
+
+    with _repo(root) as repo:
         return not repo.status(targets=list(targets or []) or None, with_deps=True)

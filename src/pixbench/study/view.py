@@ -50,12 +50,13 @@ def watch(state: dict, poll_s: float = 3.0) -> list[dict]:
     from rich.console import Console
     from rich.live import Live
 
-    rows = cell_states(state)
-    with Live(table(state, rows), console=Console(stderr=True), refresh_per_second=1) as live:
+    rows, console = cell_states(state), Console(stderr=True)
+    with Live(table(state, rows), console=console, refresh_per_second=1) as live:
         while not all_ended(rows):
             time.sleep(poll_s)
             rows = cell_states(state)
             live.update(table(state, rows))
+    console.line()
     return rows
 
 
