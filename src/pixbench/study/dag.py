@@ -40,11 +40,15 @@ class Cell:
 
 @functools.lru_cache(maxsize=1)
 def _cli():
-    """The click command of the `pixbench` app, built once (Typer builds it on every call)."""
+    """The `pixbench` command line as click builds it, once (Typer rebuilds it on every call):
+    every registered noun and command mounted on a fresh root (importing the root app here
+    would be an import cycle: it registers this package's commands)."""
     import typer
 
-    from pixbench.cli import app
+    from pixbench.cli.options import CONTEXT, mount
 
+    app = typer.Typer(context_settings=CONTEXT)
+    mount(app)
     return typer.main.get_command(app)
 
 
