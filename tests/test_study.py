@@ -65,7 +65,10 @@ def test_a_prepared_cache_is_reused_only_when_it_matches(workdir, monkeypatch):
     make_tiny_cache(workdir / "data" / "tiny")
     assert launch.finished("prepare", spec, Paths())["counts"] == {"train": 256, "val": 64}
     monkeypatch.setattr(launch, "_task_run", lambda task: pytest.fail("prepared again"))
-    assert launch.launch("prepare", spec, Paths(), launcher="local", cluster=None)["state"] == "DONE"
+    monkeypatch.setattr(launch.shutil, "which", lambda _: "/usr/bin/sbatch")
+    monkeypatch.setattr(launch, "make_executor", lambda *a, **k: pytest.fail("submitted"))
+    assert launch.launch("prepare", spec, Paths(), launcher="slurm", cluster="local")["state"] \
+        == "DONE"
     other = PrepareSpec(profile="tiny", track="classify", data={**TINY_DATA, "image_size": 12})
     assert launch.finished("prepare", other, Paths()) is None
     with open(workdir / "data" / "tiny" / "train_images.npy", "r+b") as f:

@@ -282,20 +282,27 @@ def _prepared(spec, paths) -> dict | None:
             "num_classes": manifest["num_classes"]}
 
 
+def in_slurm_job() -> bool:
+    """Inside a job submitit started on SLURM (its batch script exports this)."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
 def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
            stale: str = "error", device: str = "auto", wait: bool = True) -> dict:
     """Run one task spec here or on SLURM; blocking mode returns the metrics. A finished cell
     (same spec digest) never goes to SLURM: it runs here, where `Run.open` reuses it (and
-    publishes its metrics for DVC); a prepared cache is reused as it is."""
+    publishes its metrics for DVC); a prepared cache of the same data config is reused as it
+    is. Locally `prepare` always writes the cache afresh (raw data may have changed). Inside a
+    submitit SLURM job (the study's record job runs `dvc repro` there) the task runs in it."""
     plan = PLAN.get()
     if plan is not None:
         plan.append((task, spec, stale, device))
         return {}
     kind, cluster = resolve_launcher(launcher, cluster)
-    done = finished(task, spec, paths, stale)
+    done = finished(task, spec, paths, stale) if kind == "slurm" else None
     if task == "prepare" and done is not None:
         return {**done, "state": "DONE"}
-    if kind == "local" or done is not None:
+    if kind == "local" or done is not None or in_slurm_job():
         return _task_run(task)(spec, paths, stale=stale, device=device)
     job = TaskJob(task, spec.canonical(), _abs_paths(paths), stale, device)
     profile = load_cluster(cluster)

@@ -7,9 +7,10 @@ own pre-training) go as separate jobs, so no cell waits for more than its own pa
 
 A job runs the cell's task directly (launch.TaskJob: the spec its stage command builds, the
 local launcher inside the job), never `dvc repro`: DVC's repo lock would serialise the jobs.
-The last job (`record`) waits for every other and runs `dvc repro` with the local launcher:
-every cell is finished, so `Run.open` reuses each one and DVC only records them (and builds
-the report, which has no state to reuse). It first checks that every cell is finished and
+The last job (`record`) waits for every other and runs `dvc repro` in the job (launch runs
+tasks inside a SLURM job there): every cell is finished, so `Run.open` reuses each one, the
+prepared caches are reused, and DVC only records them (and builds the report, which has no
+state to reuse). It first checks that every cell is finished and
 fails naming those that are not, so it never trains.
 """
 
@@ -32,8 +33,9 @@ class RecordJob(Checkpointable):
     """The study's last job: check that every cell is finished, then `dvc repro TARGETS`."""
 
     def __init__(self, root: str, targets: list[str], cells: list[tuple[str, dict, str]],
-                 paths: dict) -> None:
+                 paths: dict, cluster: str) -> None:
         self.root, self.targets, self.cells, self.paths = root, targets, cells, paths
+        self.cluster = cluster
 
     def __call__(self) -> dict:
         from pixbench.config import Paths
@@ -45,7 +47,9 @@ class RecordJob(Checkpointable):
                    if finished(task, _spec_class(task).model_validate(spec), paths, stale) is None]
         if missing:
             raise UserError(f"not finished, nothing recorded: {', '.join(missing[:5])}")
-        env = {k: v for k, v in os.environ.items() if k != "PIXBENCH_CLUSTER"}  # local launcher
+        # the cluster named: launch() reuses finished cells and prepared caches as it does
+        # for any submission; inside this job it runs the rest (the report) here
+        env = {**os.environ, "PIXBENCH_CLUSTER": self.cluster}
         rc = subprocess.run([sys.executable, "-m", "dvc", "repro", *self.targets], cwd=self.root,
                             env=env).returncode
         if rc != 0:
@@ -53,7 +57,8 @@ class RecordJob(Checkpointable):
         return {"recorded": len(self.cells)}
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
-        return DelayedSubmission(RecordJob(self.root, self.targets, self.cells, self.paths))
+        return DelayedSubmission(RecordJob(self.root, self.targets, self.cells, self.paths,
+                                           self.cluster))
 
 
 def _submit_group(executor, jobs: list) -> list:
@@ -103,7 +108,7 @@ def submit_study(cells: list, *, root: Path, targets: list[str], cluster: str, f
     waited = {p for c in cells if c.name in jobs for p in c.parents if p in jobs}
     sinks = sorted(jobs[n].job_id for n in jobs if n not in waited)
     record = RecordJob(str(root), targets, [(c.task, c.spec.canonical(), c.stale) for c in cells
-                                            if c.task != "report"], paths)
+                                            if c.task != "report"], paths, cluster)
     executor = make_executor(profile, folder, "pb-record", "report", sinks)
     record_job = executor.submit(record)
     rows = [_row(c, jobs.get(c.name, record_job if c.task == "report" else None)) for c in cells]
