@@ -195,3 +195,18 @@ def test_summary_names_the_failed_cell_its_job_log_and_traceback(tmp_path):
     assert "not a pixbench checkpoint" in text and "cancelled (a parent failed): b" in text
     assert "1 done, 1 failed, 1 cancelled" in text
     assert json.dumps(rows)  # the state file's rows stay plain JSON
+
+
+def test_a_cell_queued_by_an_earlier_study_is_not_submitted_again(workdir, monkeypatch):
+    folder = study_state.studies_dir(Paths()) / "s1"
+    folder.mkdir(parents=True)
+    cells = [{"name": "classify@xxs-4-0", "run_id": "classify-xxs-p4-s0", "job_id": "7"},
+             {"name": "prepare", "run_id": "prepare", "job_id": "6"}]
+    study_state.write_state(folder, {"id": "s1", "cells": cells})
+    monkeypatch.setattr(study_state, "sacct", lambda ids: {"7": {"state": "running"},
+                                                           "6": {"state": "done"}})
+    assert study_state.queued_elsewhere(Paths(), {"classify-xxs-p4-s0", "prepare"}) == \
+        ["classify@xxs-4-0 (study s1, job 7)"]
+    assert study_state.study_folder(Paths(), None) == folder  # the latest
+    with pytest.raises(UserError, match="study id"):
+        study_state.study_folder(Paths(), "../x")

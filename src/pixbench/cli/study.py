@@ -39,7 +39,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     from pixbench.config import Paths
     from pixbench.launch import resolve_launcher
     from pixbench.study.dag import dvc_clean, load_cells
-    from pixbench.study.state import cell_states, new_study_id, studies_dir
+    from pixbench.study.state import cell_states, new_study_id, queued_elsewhere, studies_dir
     from pixbench.study.submit import submit_study
     from pixbench.study.view import watch
 
@@ -54,6 +54,10 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     if not pending and dvc_clean(root, targets):
         typer.echo(f"study: all {len(cells)} cells are finished and recorded; nothing to submit")
         return
+    busy = queued_elsewhere(Paths(), {c.run_id for c in pending})
+    if busy:
+        raise UserError(f"{len(busy)} pending cells are queued by an earlier study, e.g. "
+                        f"{busy[0]}; wait for it or `pixbench study cancel` it")
     study_id = new_study_id()
     folder = studies_dir(Paths()).resolve() / study_id
     state = submit_study(cells, root=root, targets=targets, cluster=cluster, folder=folder,

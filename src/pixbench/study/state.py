@@ -138,3 +138,14 @@ def cancel(state: dict) -> list[str]:
         if out.returncode != 0:
             raise UserError(f"scancel failed: {out.stderr.strip() or out.returncode}")
     return live
+
+
+def queued_elsewhere(paths, run_ids: set[str]) -> list[str]:
+    """Cells among `run_ids` that an earlier study still has in the queue (pending or
+    running): submitting them again would race for the same run dir."""
+    states = [read_state(f.parent) for f in sorted(studies_dir(paths).glob(f"*/{STATE_FILE}"))]
+    cells = [(s["id"], c) for s in states for c in s["cells"]
+             if c.get("job_id") and c["run_id"] in run_ids]
+    jobs = sacct([c["job_id"] for _, c in cells])
+    return [f"{c['name']} (study {sid}, job {c['job_id']})" for sid, c in cells
+            if jobs.get(c["job_id"], {}).get("state", "pending") in ("pending", "running")]
