@@ -28,6 +28,8 @@ def study_params(*, patches=(2, 4), seeds=(0,), mae_patches=(2, 4), alt_patches=
     gen = copy.deepcopy(TINY_GEN)
     gen["latents"] = {"train_subset": 256, "val_subset": 64}
     gen["featnet"]["train_subset"] = 256
+    # the report's sample grids show 4 samples of each of Fashion-MNIST's 10 classes
+    gen["sample"].update(num_samples=60, batch_size=30)
     recipes = {"data": dict(TINY_DATA), "mae": mae, "gen": gen,
                "classify": {**copy.deepcopy(TINY_CLASSIFY), **SUBSET, "epochs": 1,
                             **(classify or {})}}

@@ -63,7 +63,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     state = submit_study(cells, root=root, targets=targets, cluster=cluster, folder=folder,
                          study_id=study_id)
     jobs = {c["job_id"] for c in state["cells"] if c["job_id"]}
-    typer.echo(f"study {study_id}: {len(cells)} cells, {len(cells) - len(pending)} reused, "
+    typer.echo(f"study {study_id}: {len(cells)} cells, {sum(c.done for c in cells)} reused, "
                f"{len(jobs)} jobs submitted (the last records them with dvc repro)")
     typer.echo(f"state: {folder / 'study.json'}")
     if not wait:
