@@ -12,7 +12,7 @@ classification S/B x 5 patches x 2 seeds, locality shuffle, MAE-B, DiT-L at p=1 
 each training cell's time = its train FLOPs (eval/flops.py) / (GPUs of its task in
 slurm/clusters/example-h100.yaml x 989 TFLOP/s bf16 x 40% MFU). Sequential = the sum (what
 `dvc repro` with PIXBENCH_CLUSTER does, one blocking job after another); DAG = the longest path.
-Writes reports/bench/study.json and study.md.
+Writes reports/bench/study.md and reports/bench/study/study.json.
 """
 
 from __future__ import annotations
@@ -164,11 +164,17 @@ def main() -> None:
     try:
         local = None if "--skip-local" in sys.argv else measure_local(work)
         paper = paper_estimate(work)
+    except BaseException:
+        print(f"kept for a look: {work}", file=sys.stderr)
+        raise
     finally:
         os.chdir(here)
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     out = {"local": local, "paper": paper}
-    (ROOT / "reports" / "bench" / "study.json").write_text(json.dumps(out, indent=2) + "\n")
+    # not reports/bench/*.json: the report reads each of those as a `pixbench bench` result
+    folder = ROOT / "reports" / "bench" / "study"
+    folder.mkdir(exist_ok=True)
+    (folder / "study.json").write_text(json.dumps(out, indent=2) + "\n")
     (ROOT / "reports" / "bench" / "study.md").write_text(markdown(out))
     print(json.dumps(out, indent=2))
 
@@ -176,7 +182,7 @@ def main() -> None:
 def markdown(out: dict) -> str:
     local, paper = out["local"], out["paper"]
     lines = ["# The whole study as a DAG of SLURM jobs (`pixbench study`)", "",
-             "Written by `bench/study_measure.py` (figures in study.json).", ""]
+             "Written by `bench/study_measure.py` (figures in study/study.json).", ""]
     if local:
         lines += ["## Local SLURM cluster (measured, one run each; shared 2-core CPU)", "",
                   f"Tiny every-track study, {local['cells_tiny_study']} cells, "

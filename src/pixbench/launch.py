@@ -268,7 +268,8 @@ def _prepared(spec, paths) -> dict | None:
 
     from pixbench.data.cache import load_cache
 
-    out = paths.gen_cache_for(spec.profile) if spec.track == "gen" else paths.cache_for(spec.profile)
+    gen = spec.track == "gen"
+    out = paths.gen_cache_for(spec.profile) if gen else paths.cache_for(spec.profile)
     if not (out / "manifest.json").is_file():
         return None
     try:
