@@ -247,11 +247,15 @@ def _abs_paths(paths) -> dict:
 PLAN: ContextVar[list | None] = ContextVar("pixbench_launch_plan", default=None)
 
 
+# Tasks with no finished state: rebuilt wherever they run (the study's record job runs them).
+STATELESS = frozenset({"report", "verify"})
+
+
 def finished(task: str, spec, paths, stale: str = "restart") -> dict | None:
     """The metrics of a finished cell of this spec, or None: the check `Run.open` makes (same
     spec digest, metrics.json present), read-only; for `prepare`, a cache whose manifest was
     written for the same data config. A report has no such state: it is never finished."""
-    if task == "report":
+    if task in STATELESS:
         return None
     if task == "prepare":
         return _prepared(spec, paths)

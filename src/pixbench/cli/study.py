@@ -37,7 +37,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     jobs (afterok); finished cells (same spec digest) are reused, not submitted. The last job
     records everything with `dvc repro`. Blocks with a live table unless --no-wait."""
     from pixbench.config import Paths
-    from pixbench.launch import resolve_launcher
+    from pixbench.launch import STATELESS, resolve_launcher
     from pixbench.study.dag import dvc_clean, load_cells
     from pixbench.study.state import cell_states, new_study_id, queued_elsewhere, studies_dir
     from pixbench.study.submit import submit_study
@@ -50,7 +50,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
         raise UserError(f"no dvc.yaml in {root}: run `pixbench study submit` from the repo root")
     targets = list(targets or [])
     cells = load_cells(root, targets)
-    pending = [c for c in cells if not c.done and c.task != "report"]
+    pending = [c for c in cells if not c.done and c.task not in STATELESS]
     if not pending and dvc_clean(root, targets):
         typer.echo(f"study: all {len(cells)} cells are finished and recorded; nothing to submit")
         return

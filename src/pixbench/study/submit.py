@@ -69,13 +69,13 @@ def _submit_group(executor, jobs: list) -> list:
 
 
 def submit_cells(cells: list, *, profile, folder: Path, paths: dict) -> dict[str, object]:
-    """Submit every pending cell (not `done`, not a report) once its parents are submitted;
+    """Submit every pending cell (not `done`, not stateless) once its parents are submitted;
     returns {cell name: submitit job}."""
-    from pixbench.launch import TaskJob, make_executor
+    from pixbench.launch import STATELESS, TaskJob, make_executor
 
     by_name = {c.name: c for c in cells}
     jobs: dict[str, object] = {}
-    todo = [c for c in cells if not c.done and c.task != "report"]
+    todo = [c for c in cells if not c.done and c.task not in STATELESS]
     while todo:
         groups = defaultdict(list)
         for cell in todo:
@@ -84,7 +84,7 @@ def submit_cells(cells: list, *, profile, folder: Path, paths: dict) -> dict[str
                 deps = tuple(sorted({jobs[p].job_id for p in waits}))
                 groups[(cell.stage, cell.task, deps)].append(cell)
         if not groups:
-            raise UserError("the pipeline has a cycle or a pending report upstream of a cell: "
+            raise UserError("the pipeline has a cycle or a pending report or verify upstream of a cell: "
                             + ", ".join(c.name for c in todo[:5]))
         for (stage, task, deps), group in groups.items():
             executor = make_executor(profile, folder, f"pb-{stage}", task, list(deps))
@@ -98,7 +98,7 @@ def submit_study(cells: list, *, root: Path, targets: list[str], cluster: str, f
                  study_id: str) -> dict:
     """Submit the pending cells and the record job; write and return the study's state."""
     from pixbench.config import Paths
-    from pixbench.launch import _abs_paths, load_cluster, make_executor
+    from pixbench.launch import STATELESS, _abs_paths, load_cluster, make_executor
 
     profile = load_cluster(cluster)
     paths = _abs_paths(Paths())
@@ -108,11 +108,12 @@ def submit_study(cells: list, *, root: Path, targets: list[str], cluster: str, f
     waited = {p for c in cells if c.name in jobs for p in c.parents if p in jobs}
     sinks = sorted(jobs[n].job_id for n in jobs if n not in waited)
     record = RecordJob(str(root), targets, [(c.task, c.spec.canonical(), c.stale) for c in cells
-                                            if c.task != "report"], paths, cluster)
+                                            if c.task not in STATELESS], paths, cluster)
     executor = make_executor(profile, folder, "pb-record", "report", sinks)
     record_job = executor.submit(record)
-    rows = [_row(c, jobs.get(c.name, record_job if c.task == "report" else None)) for c in cells]
-    if not any(c.task == "report" for c in cells):
+    rows = [_row(c, jobs.get(c.name, record_job if c.task in STATELESS else None))
+            for c in cells]
+    if not any(c.task in STATELESS for c in cells):
         rows.append({"name": RECORD, "stage": RECORD, "task": "dvc repro", "run_id": RECORD,
                      "parents": sorted(jobs), "job_id": record_job.job_id,
                      "log": str(record_job.paths.stderr)})
