@@ -105,7 +105,8 @@ def test_every_command_is_registered():
         "bench", "classify run", "data prepare", "data verify", "dit eval", "dit sample", "dit train",
         "featnet train", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
             "report",
-        "sweep", "verify", "vq encode", "vq eval", "vq train"])
+        "study cancel", "study status", "study submit", "sweep", "verify", "vq encode", "vq eval",
+        "vq train"])
 
 
 def test_version(monkeypatch, capsys):
@@ -126,6 +127,10 @@ def test_dash_h_is_help(words, monkeypatch, capsys):
     assert code == code_long == 0 and "Usage: pixbench" in out and out == out_long
 
 
+# bench: its suite is `--suite`; study: its params are dvc.yaml's (params.yaml's `profile`)
+NO_PROFILE = {"bench", "study cancel", "study status", "study submit"}
+
+
 def test_profile_flag_is_the_params_profile_everywhere():
     from pixbench.cli.options import ProfileOpt
 
@@ -136,12 +141,12 @@ def test_profile_flag_is_the_params_profile_everywhere():
         if "--profile" in opts:
             assert opts["--profile"].help == help_text and "--params" in opts, words
             with_profile.append(" ".join(words))
-    assert set(LEAVES) - set(with_profile) == {"bench"}  # its suite is `--suite`
+    assert set(LEAVES) - set(with_profile) == NO_PROFILE
     bench = next(cmd for words, cmd in _leaf_commands() if words == ["bench"])
     assert "--suite" in {o for p in bench.params for o in p.opts}
 
 
-@pytest.mark.parametrize("words", [w for w in LEAVES if w != "bench"])
+@pytest.mark.parametrize("words", [w for w in LEAVES if w not in NO_PROFILE])
 def test_unknown_params_profile_is_refused_by_every_command(words, tiny_project, monkeypatch,
                                                             capsys):
     patch = ["--patch", "2"] if words.split()[0] in ("classify", "mae", "dit") else []

@@ -16,17 +16,37 @@ import os
 import shutil
 import sys
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from submitit.helpers import Checkpointable, DelayedSubmission  # ~0.3 s; launch.py is imported lazily
 
 from pixbench.errors import UserError
 
 Launcher = Literal["local", "slurm"]
 CLUSTER_DIR = Path(__file__).resolve().parents[2] / "slurm" / "clusters"
+
+
+# The resources a task's job may set in a profile's `tasks:` section; unset keys take the
+# profile's top-level values.
+RESOURCE_KEYS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
+                 "timeout_min")
+
+
+class TaskResources(BaseModel):
+    """One task's job resources (slurm/clusters/<name>.yaml: tasks.<task>)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    tasks_per_node: int | None = Field(None, ge=1)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    timeout_min: int | None = Field(None, ge=1)
 
 
 class ClusterProfile(BaseModel):
@@ -52,6 +72,25 @@ class ClusterProfile(BaseModel):
     max_requeues: int = Field(20, ge=0, description="Max preemption/timeout requeues per job.")
     setup: list[str] = Field(default_factory=list, description="Shell lines run before the "
                              "task (module load, source a venv...).")
+    tasks: dict[str, TaskResources] = Field(default_factory=dict, description="Per-task "
+                                            "resources (keys of launch.TASKS); unset keys "
+                                            "take the values above.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: dict) -> dict:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task {unknown[0]!r} (known: {', '.join(sorted(TASKS))})")
+        return tasks
+
+    def resources(self, task: str | None) -> dict:
+        """The job resources of `task`: its `tasks:` entry over the top-level values. A task
+        that sets gpus_per_node but not tasks_per_node gets one rank per GPU (at least one)."""
+        own = self.tasks[task].model_dump(exclude_none=True) if task in self.tasks else {}
+        if "gpus_per_node" in own and "tasks_per_node" not in own:
+            own["tasks_per_node"] = max(1, own["gpus_per_node"])
+        return {k: own.get(k, getattr(self, k)) for k in RESOURCE_KEYS}
 
 
 def cluster_dir() -> Path:
@@ -70,6 +109,7 @@ def load_cluster(name: str) -> ClusterProfile:
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
         raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {msg}") from None
 
 
@@ -88,18 +128,24 @@ def resolve_launcher(launcher: str | None, cluster: str | None) -> tuple[Launche
     return launcher, cluster
 
 
-def make_executor(profile: ClusterProfile, folder: Path, name: str):
+def make_executor(profile: ClusterProfile, folder: Path, name: str, task: str | None = None,
+                  dependency: list[str] | None = None):
+    """A submitit executor for `task`'s resources; `dependency`: job ids that must all end OK
+    first (`afterok`); if one fails SLURM cancels this job too (`--kill-on-invalid-dep`)."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
                                      slurm_max_num_timeout=profile.max_requeues)
     extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos),
                                ("constraint", profile.constraint)) if v}
+    if dependency:
+        extra.update(dependency="afterok:" + ":".join(dependency), kill_on_invalid_dep="yes")
+    res = profile.resources(task)
     executor.update_parameters(
-        name=name, slurm_partition=profile.partition, nodes=profile.nodes,
-        tasks_per_node=profile.tasks_per_node, cpus_per_task=profile.cpus_per_task,
-        gpus_per_node=profile.gpus_per_node or None, mem_gb=profile.mem_gb,
-        timeout_min=profile.timeout_min, slurm_signal_delay_s=profile.signal_delay_s,
+        name=name, slurm_partition=profile.partition, nodes=res["nodes"],
+        tasks_per_node=res["tasks_per_node"], cpus_per_task=res["cpus_per_task"],
+        gpus_per_node=res["gpus_per_node"] or None, mem_gb=res["mem_gb"],
+        timeout_min=res["timeout_min"], slurm_signal_delay_s=profile.signal_delay_s,
         slurm_array_parallelism=profile.array_parallelism,
         slurm_setup=profile.setup or None, slurm_additional_parameters=extra or None)
     return executor
@@ -212,17 +258,80 @@ def _finished_alone(spec, paths, stale: str) -> dict | None:
     return done
 
 
+# While a plan is being collected (the study reads each stage's command through the CLI),
+# launch() records (task, spec, stale, device) instead of running anything.
+PLAN: ContextVar[list | None] = ContextVar("pixbench_launch_plan", default=None)
+
+
+# Tasks with no finished state: rebuilt wherever they run (the study's record job runs them).
+STATELESS = frozenset({"report", "verify"})
+
+
+def finished(task: str, spec, paths, stale: str = "restart") -> dict | None:
+    """The metrics of a finished cell of this spec, or None: the check `Run.open` makes (same
+    spec digest, metrics.json present), read-only; for `prepare`, a cache whose manifest was
+    written for the same data config. A report has no such state: it is never finished."""
+    if task in STATELESS:
+        return None
+    if task == "prepare":
+        return _prepared(spec, paths)
+    from pixbench.tasks.rundir import finished_metrics
+
+    return finished_metrics(paths.run_dir(spec.profile, spec.run_id), spec, stale,
+                            paths.runs_dir, delete=False)
+
+
+def _prepared(spec, paths) -> dict | None:
+    """A cache that loads (manifest checksum, sizes, shapes, quick hashes: the checks training
+    makes) and was written for this data config; else None (prepare writes a fresh one)."""
+    import json
+
+    from pixbench.data.cache import load_cache
+
+    gen = spec.track == "gen"
+    out = paths.gen_cache_for(spec.profile) if gen else paths.cache_for(spec.profile)
+    if not (out / "manifest.json").is_file():
+        return None
+    try:
+        manifest = load_cache(out, verify=True).manifest
+    except UserError:
+        return None
+    if manifest.get("spec") != json.loads(json.dumps(spec.data.model_dump(mode="json"))):
+        return None
+    return {"run_id": spec.run_id, "path": str(out), "counts": manifest["counts"],
+            "image_size": manifest["image_size"], "channels": manifest["channels"],
+            "num_classes": manifest["num_classes"]}
+
+
+def in_slurm_job() -> bool:
+    """Inside a job submitit started on SLURM (its batch script exports this)."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
 def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
            stale: str = "error", device: str = "auto", wait: bool = True) -> dict:
-    """Run one task spec here or on SLURM; blocking mode returns the metrics."""
+    """Run one task spec here or on SLURM; blocking mode returns the metrics. A finished cell
+    (same spec digest) never goes to SLURM: it runs here, where `Run.open` reuses it (and
+    publishes its metrics for DVC); a prepared cache of the same data config is reused as it
+    is. Locally `prepare` always writes the cache afresh (raw data may have changed). Inside a
+    submitit SLURM job (the study's record job runs `dvc repro` there) the task runs in it."""
+    plan = PLAN.get()
+    if plan is not None:
+        plan.append((task, spec, stale, device))
+        return {}
     kind, cluster = resolve_launcher(launcher, cluster)
+    done = finished(task, spec, paths, stale) if kind == "slurm" else None
+    if task == "prepare" and done is not None:
+        return {**done, "state": "DONE"}
+    if kind == "local" or done is not None or in_slurm_job():
+        if task not in STATELESS:
+            alone = _finished_alone(spec, paths, stale)
+            if alone is not None:
+                return alone
+        return _task_run(task)(spec, paths, stale=stale, device=device)
     job = TaskJob(task, spec.canonical(), _abs_paths(paths), stale, device)
-    if kind == "local":
-        done = _finished_alone(spec, paths, stale)
-        return done if done is not None else _task_run(task)(spec, paths, stale=stale,
-                                                             device=device)
     profile = load_cluster(cluster)
-    executor = make_executor(profile, paths.logs_dir.resolve() / "submitit", spec.run_id)
+    executor = make_executor(profile, paths.logs_dir.resolve() / "submitit", spec.run_id, task)
     submitted = executor.submit(job)
     if not wait:
         return {"run_id": spec.run_id, "job_id": submitted.job_id, "state": "SUBMITTED",
@@ -233,12 +342,9 @@ def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
 def sweep(task: str, specs: list, paths, *, launcher: str | None, cluster: str | None,
           wait: bool = True) -> list[dict]:
     """Submit every pending cell as one job array; finished cells (same spec digest) are skipped."""
-    from pixbench.runio import read_json
-
     pending, rows = [], []
     for spec in specs:
-        metrics = paths.run_dir(spec.profile, spec.run_id) / "metrics.json"
-        done = metrics.exists() and read_json(metrics, "metrics").get("spec_digest") == spec.digest()
+        done = finished(task, spec, paths) is not None
         (rows if done else pending).append({"run_id": spec.run_id, "state": "DONE"} if done else spec)
     kind, cluster = resolve_launcher(launcher, cluster)
     if not pending:
@@ -248,7 +354,7 @@ def sweep(task: str, specs: list, paths, *, launcher: str | None, cluster: str |
         return rows + [{"run_id": s.run_id, "state": "DONE", **run(s, paths, stale="restart")}
                        for s in pending]
     executor = make_executor(load_cluster(cluster), paths.logs_dir.resolve() / "submitit",
-                             f"pixbench-{task}-sweep")
+                             f"pixbench-{task}-sweep", task)
     with executor.batch():
         jobs = [executor.submit(TaskJob(task, s.canonical(), _abs_paths(paths), "restart"))
                 for s in pending]

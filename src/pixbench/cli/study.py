@@ -1,0 +1,106 @@
+"""`pixbench study submit | status | cancel`: the whole pipeline as a DAG of SLURM jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pixbench.cli.options import ClusterOpt, WaitOpt, check_run_flags, noun
+from pixbench.errors import UserError
+
+app = noun("study", help="The whole DVC pipeline on a SLURM cluster, as a DAG of jobs.")
+
+StudyArg = Annotated[Optional[str], typer.Argument(
+    help="Study id (a folder under $PIXBENCH_LOGS_DIR/studies); default: the latest.")]
+TargetsArg = Annotated[Optional[list[str]], typer.Argument(
+    help="dvc.yaml stages (or cells) to run with everything upstream; default: all.")]
+PollOpt = Annotated[float, typer.Option("--poll", min=0.5, help="Seconds between sacct polls.")]
+
+
+def _end(state: dict, rows: list[dict]) -> None:
+    from pixbench.study.view import failed_or_cancelled, summary
+
+    for line in summary(state, rows):
+        typer.echo(line, err=True)
+    bad = failed_or_cancelled(rows)
+    if bad:
+        raise UserError(f"study {state['id']}: {len(bad)} of {len(rows)} cells failed or "
+                        "were cancelled (summary above)")
+
+
+@app.command("submit")
+def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: WaitOpt = True,
+               poll: PollOpt = 3.0) -> None:
+    """Submit every pending cell of the pipeline as a SLURM job, each after its parents'
+    jobs (afterok); finished cells (same spec digest) are reused, not submitted. The last job
+    records everything with `dvc repro`. Blocks with a live table unless --no-wait."""
+    from pixbench.config import Paths
+    from pixbench.launch import STATELESS, resolve_launcher
+    from pixbench.study.dag import dvc_clean, load_cells
+    from pixbench.study.state import cell_states, new_study_id, queued_elsewhere, studies_dir
+    from pixbench.study.submit import submit_study
+    from pixbench.study.view import watch
+
+    check_run_flags(cluster=cluster)
+    _, cluster = resolve_launcher("slurm", cluster)
+    root = Path.cwd()
+    if not (root / "dvc.yaml").is_file():
+        raise UserError(f"no dvc.yaml in {root}: run `pixbench study submit` from the repo root")
+    targets = list(targets or [])
+    cells = load_cells(root, targets)
+    pending = [c for c in cells if not c.done and c.task not in STATELESS]
+    if not pending and dvc_clean(root, targets):
+        typer.echo(f"study: all {len(cells)} cells are finished and recorded; nothing to submit")
+        return
+    busy = queued_elsewhere(Paths(), {c.run_id for c in pending})
+    if busy:
+        raise UserError(f"{len(busy)} pending cells are queued by an earlier study, e.g. "
+                        f"{busy[0]}; wait for it or `pixbench study cancel` it")
+    study_id = new_study_id()
+    folder = studies_dir(Paths()).resolve() / study_id
+    state = submit_study(cells, root=root, targets=targets, cluster=cluster, folder=folder,
+                         study_id=study_id)
+    jobs = {c["job_id"] for c in state["cells"] if c["job_id"]}
+    typer.echo(f"study {study_id}: {len(cells)} cells, {sum(c.done for c in cells)} reused, "
+               f"{len(jobs)} jobs submitted (the last records them with dvc repro)")
+    typer.echo(f"state: {folder / 'study.json'}")
+    if not wait:
+        typer.echo(f"watch: pixbench study status {study_id} --wait; "
+                   f"stop: pixbench study cancel {study_id}")
+        return
+    _end(state, watch(state, poll) if jobs else cell_states(state))
+
+
+@app.command("status")
+def status_cmd(study: StudyArg = None, wait: Annotated[bool, typer.Option(
+        "--wait/--no-wait", help="Show a live table until every job has ended.")] = False,
+               poll: PollOpt = 3.0) -> None:
+    """The study's cells and their states (pending, running, done, failed, cancelled, reused),
+    then the summary: every failed cell with its job id, log and remote traceback."""
+    from rich.console import Console
+
+    from pixbench.config import Paths
+    from pixbench.study.state import cell_states, read_state, study_folder
+    from pixbench.study.view import table, watch
+
+    state = read_state(study_folder(Paths(), study))
+    if wait:
+        rows = watch(state, poll)
+    else:
+        rows = cell_states(state)
+        Console(stderr=True).print(table(state, rows))
+    _end(state, rows)
+
+
+@app.command("cancel")
+def cancel_cmd(study: StudyArg = None) -> None:
+    """Cancel every job of the study that has not ended (finished cells stay finished)."""
+    from pixbench.config import Paths
+    from pixbench.study.state import cancel, read_state, study_folder
+
+    state = read_state(study_folder(Paths(), study))
+    ids = cancel(state)
+    typer.echo(f"study {state['id']}: cancelled {len(ids)} jobs"
+               + (f" ({', '.join(ids)})" if ids else ""))

@@ -1,0 +1,9 @@
+"""The whole study on a SLURM cluster: the DVC pipeline as a DAG of jobs.
+
+- dag.py: the pending cells and their parents, from DVC's graph and the spec digests;
+- submit.py: one job per pending cell (a job array per stage where cells share their
+  parents' jobs), `afterok` on the parents' jobs, and a last job that records everything
+  with `dvc repro` (local launcher: every cell is finished, so nothing trains again);
+- state.py: the study's state file and the jobs' states from `sacct`;
+- view.py: the live table, the summary and the failed cells' tracebacks.
+"""

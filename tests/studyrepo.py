@@ -1,0 +1,64 @@
+"""A tiny copy of the project for study tests: the real dvc.yaml and sources (DVC hashes them as
+deps), a params.yaml whose recipes are the tests' tiny ones (every track, real Fashion-MNIST at
+8x8 and 16x16 with small subsets), a DVC repo without git."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import TINY_CLASSIFY, TINY_DATA, TINY_GEN, TINY_MAE
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSET = {"train_subset": 256, "val_subset": 64}
+
+
+def study_params(*, patches=(2, 4), seeds=(0,), mae_patches=(2, 4), alt_patches=(4,),
+                 gen_patches=(1, 2), classify: dict | None = None) -> dict:
+    """Recipes = the tests' tiny configs on small subsets; the profile `tiny` changes nothing
+    (every part `{}`, as dvc.yaml tracks each)."""
+    mae = copy.deepcopy(TINY_MAE)
+    mae["pretrain"].update(train_subset=256, epochs=1)
+    for part in ("finetune", "linprobe"):
+        mae[part].update(SUBSET, epochs=1)
+    gen = copy.deepcopy(TINY_GEN)
+    gen["latents"] = {"train_subset": 256, "val_subset": 64}
+    gen["featnet"]["train_subset"] = 256
+    # the report's sample grids show 4 samples of each of Fashion-MNIST's 10 classes
+    gen["sample"].update(num_samples=60, batch_size=30)
+    recipes = {"data": dict(TINY_DATA), "mae": mae, "gen": gen,
+               "classify": {**copy.deepcopy(TINY_CLASSIFY), **SUBSET, "epochs": 1,
+                            **(classify or {})}}
+    empty = {"data": {}, "classify": {}, "mae": {"pretrain": {}, "finetune": {}, "linprobe": {}},
+             "gen": {k: {} for k in gen}}
+    return {"profile": "tiny",
+            "sweep": {"sizes": ["xxs"], "patches": list(patches), "seeds": list(seeds)},
+            "mae_sweep": {"sizes": ["xxs"], "patches": list(mae_patches), "seeds": [0],
+                          "alt_target": "norm_pix", "alt_patches": list(alt_patches)},
+            "locality": {"variants": {"shuffle": {"permutation": {
+                "kind": "shuffle", "swaps": 0, "distance": 1, "seed": 0}}},
+                "run": ["shuffle"], "seeds": [0]},
+            "gen_sweep": {"sizes": ["xxs"], "patches": list(gen_patches), "seeds": [0],
+                          "tokenizer_seed": 0},
+            "verify": {"k": 4.0, "rel_floor": 0.01, "single_seed_rel": 0.15},
+            "recipes": recipes, "profiles": {"tiny": empty}}
+
+
+def make_study_repo(path: Path, params: dict) -> Path:
+    """`path` as a DVC project (no git) with this repo's dvc.yaml and sources; returns it."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+    shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
+    shutil.copytree(ROOT / "src", path / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "reports" / "bench", path / "reports" / "bench")
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q", "-f"], cwd=path,
+                   check=True)
+    with open(path / ".dvc" / "config", "a") as f:  # `dvc init --no-scm` wrote no_scm = True
+        f.write("    analytics = false\n    check_update = false\n")
+    return path
