@@ -36,7 +36,8 @@ repro: install dataset
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest bench/test_bench_smoke.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest --benchmark-skip bench/test_bench_smoke.py \
+	  bench/test_scale_prepare.py bench/test_scale_loader.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 bench: install
