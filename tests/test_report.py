@@ -113,6 +113,18 @@ def test_bench_section_reads_full_results_only(tmp_path):
     assert "| CIFAR-100 32x32 | ViT-T/1 | 1024 | 2400 | 120,000,000 | 61.6 | 0.25 | 133,333 |" in text
 
 
+def test_bench_section_links_rehearsals_and_skips_their_json(tmp_path):
+    from pixbench.report.bench import bench_section
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "scale-prepare.json").write_text(json.dumps({"targets": [], "rows": []}))
+    (bench / "scale-prepare.md").write_text("# Scale rehearsal\n")
+    (bench / "broken.json").write_text("{not json")
+    text = "\n".join(bench_section(bench, tmp_path))
+    assert "- [scale-prepare](bench/scale-prepare.md)" in text and "broken" not in text
+
+
 def test_report_shows_only_the_current_sweep_and_the_dataset(workdir, tiny_params):
     """Runs of seeds 0-2 on disk, a sweep of seed 0: the report has n=1 (issue 17); the class
     names and channels come from the cache manifest."""

@@ -6,10 +6,32 @@ import json
 from pathlib import Path
 
 
+def _is_suite_result(path: Path) -> bool:
+    """A `pixbench bench` suite result (env_name + targets); the scale rehearsals and the
+    pipeline-speed notes write other JSON beside them, linked from the report instead."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "env_name" in doc and "targets" in doc
+
+
 def _bench_files(bench_dir: Path) -> list[Path]:
     """Full-profile results only: quick smoke runs and partial runs are not evidence."""
     return sorted(p for p in bench_dir.glob("*.json")
-                  if not p.name.startswith("quick-") and "-partial" not in p.name)
+                  if not p.name.startswith("quick-") and "-partial" not in p.name
+                  and _is_suite_result(p))
+
+
+def rehearsal_links(bench_dir: Path, reports_dir: Path) -> list[str]:
+    """Links to the scale rehearsals and other measured notes (their own Markdown files)."""
+    suite = {p.with_suffix(".md").name for p in _bench_files(bench_dir)}
+    notes = sorted(p for p in bench_dir.glob("*.md") if p.name not in suite | {"README.md"})
+    if not notes:
+        return []
+    rel = bench_dir.relative_to(reports_dir) if bench_dir.is_relative_to(reports_dir) else bench_dir
+    return ["### Scale rehearsals and measured notes", "",
+            *[f"- [{p.stem}]({rel}/{p.name})" for p in notes], ""]
 
 
 def _cost_rows(doc: dict) -> list[str]:
@@ -32,7 +54,8 @@ def _cost_rows(doc: dict) -> list[str]:
 def bench_section(bench_dir: Path, reports_dir: Path) -> list[str]:
     files = _bench_files(bench_dir)
     if not files:
-        return []
+        links = rehearsal_links(bench_dir, reports_dir)
+        return ["## Compute benchmarks", "", *links] if links else []
     lines = ["## Compute benchmarks", "",
              "From `pixbench bench` (pytest-benchmark suite in `bench/`); MFU is achieved FLOP/s "
              "(analytic, attention counted) over a matmul peak measured in the same run on the "
@@ -51,4 +74,4 @@ def bench_section(bench_dir: Path, reports_dir: Path) -> list[str]:
         rel = path.parent.relative_to(reports_dir) if path.parent.is_relative_to(reports_dir) else path.parent
         lines += [f"![{p}]({rel}/{p})" for p in doc.get("files", {}).get("plots", [])] + [""]
         lines += _cost_rows(doc)
-    return lines
+    return lines + rehearsal_links(bench_dir, reports_dir)
