@@ -1,8 +1,11 @@
 """Scale rehearsal of `pixbench data prepare` (issue 15): memory vs N, CPU per image, fast
-decode's pixel difference, extrapolation to ImageNet-1k.
+decode's pixel difference, the plan state's bytes per image at ImageNet-1k's N, extrapolation to
+ImageNet-1k.
 
     nice -n 10 pytest bench/test_scale_prepare.py -m slow     # ~10-15 min on 2 cores
     pytest bench/test_scale_prepare.py                         # the seconds smoke variant
+    pytest bench/test_scale_prepare.py -m slow -k plan_state   # only the plan state (seconds),
+                                                               # re-deriving the existing report
 
 The full run writes reports/bench/scale-prepare.{md,json} (the --bench-out folder); the tree
 and caches go to a temp dir (about 3 GB at the largest 256px cache).
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pixbench.bench import rehearsal, rehearsal_report
+from pixbench.bench import plan_state, rehearsal, rehearsal_report
 
 MAIN_SRC = Path("/work/main/src")  # today's prepare, measured on the same trees when present
 
@@ -30,10 +33,26 @@ def test_scale_rehearsal_writes_the_report(tmp_path_factory, request):
     assert len(targets) >= 5 and all(isinstance(t["pass"], bool) for t in targets)
 
 
+@pytest.mark.slow
+def test_plan_state_updates_the_report(tmp_path, request):
+    """Only the plan-state measurement (seconds), added to the rehearsal's existing JSON: the
+    extrapolation re-derived without re-running the trees."""
+    out = Path(request.config.rootpath) / request.config.getoption("--bench-out")
+    doc = json.loads((out / "scale-prepare.json").read_text())
+    doc.pop("derived", None)
+    big = max((r for r in doc["rows"] if r["size"] == 28), key=lambda r: r["n_train"])
+    doc["plan_state"] = plan_state.measure(
+        tmp_path, rehearsal.imagenet_state_ns(big["n_train"], big["n_val"]))
+    md = rehearsal_report.write(doc, out)
+    ext = json.loads(md.with_suffix(".json").read_text())["derived"]["extrapolation"]
+    assert all(0 < e["peak_rss_gib"] <= e["peak_rss_gib_upper_bound"] for e in ext.values())
+
+
 def test_scale_rehearsal_smoke(tmp_path):
     """A tiny tree through the same code: every figure present and sane."""
     doc = rehearsal.run_rehearsal(tmp_path, sizes28=(20, 40), sizes256=(20, 40), n_val=8,
-                                  classes=4, fast_gaps=(1.0,), workers=1)
+                                  classes=4, fast_gaps=(1.0,), workers=1,
+                                  state_ns=[(20, 8), (40000, 4000)])
     md = rehearsal_report.write(doc, tmp_path / "out")
     derived = json.loads(md.with_suffix(".json").read_text())["derived"]
     assert {"28px", "256px"} <= set(derived["growth"]) and derived["targets"]
@@ -41,3 +60,5 @@ def test_scale_rehearsal_smoke(tmp_path):
                for r in doc["rows"])
     assert 0 < doc["fast_decode_diff_28px"]["1.0"]["mean"] < 20
     assert "Extrapolation to ImageNet-1k" in md.read_text()
+    # file names and labels: hundreds of bytes per image (44k entries: ~14 MB, above RSS noise)
+    assert all(50 < b < 5000 for b in doc["plan_state"]["bytes_per_image"].values())

@@ -1,6 +1,7 @@
 """Scale rehearsal of `data prepare` (issue 15): a synthetic ImageNet-like JPEG tree, prepare
 measured at three sizes N at 28px and on the generation path at 256px, the pixel difference of
-fast decode, and the extrapolation to ImageNet-1k. bench/test_scale_prepare.py runs it and
+fast decode, the per-image plan state at ImageNet-1k's N (plan_state.py), and the
+extrapolation to ImageNet-1k. bench/test_scale_prepare.py runs it and
 writes reports/bench/scale-prepare.{md,json}.
 
 Each prepare runs in a child process: wall time, CPU time of the child and every process it
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pixbench.bench import plan_state
 
 IMAGENET = {"train": 1_281_167, "val": 50_000}
 GIB = 1 << 30
@@ -172,8 +175,11 @@ def hash_rate_gbps(mib: int = 256) -> float:
 
 def run_rehearsal(work: Path, sizes28=(2000, 4000, 8000), sizes256=(2000, 4000, 8000),
                   n_val: int = 500, classes: int = 100, fast_gaps=(1.0, 2.0),
-                  main_src: Path | None = None, workers: int = 0) -> dict:
-    """Every measurement of the report; `work` holds the trees and caches."""
+                  main_src: Path | None = None, workers: int = 0,
+                  state_ns: list[tuple[int, int]] | None = None) -> dict:
+    """Every measurement of the report; `work` holds the trees and caches. `state_ns`: the
+    (n_train, n_val) at which the plan state is measured (default: the largest tree and
+    ImageNet-1k)."""
     tree = work / "tree"
     n_max = max(*sizes28, *sizes256)
     if not (tree / "done").exists():
@@ -201,7 +207,13 @@ def run_rehearsal(work: Path, sizes28=(2000, 4000, 8000), sizes256=(2000, 4000, 
     return {"schema": "pixbench.scale-prepare/1", "machine": machine(),
             "tree": {"n_val": n_val, "classes": classes, "jpeg": "400x350 q90",
                      "mean_jpeg_kib": round(jpeg_kb, 1)},
-            "rows": rows, "fast_decode_diff_28px": diffs, "hash_gbps": hash_rate_gbps()}
+            "rows": rows, "fast_decode_diff_28px": diffs, "hash_gbps": hash_rate_gbps(),
+            "plan_state": plan_state.measure(work, state_ns or imagenet_state_ns(big, n_val))}
+
+
+def imagenet_state_ns(n_train: int, n_val: int) -> list[tuple[int, int]]:
+    """Plan state measured at the largest tree's N and at ImageNet-1k's."""
+    return [(n_train, n_val), (IMAGENET["train"], IMAGENET["val"])]
 
 
 def machine() -> dict:
