@@ -56,6 +56,9 @@ def make_study_repo(path: Path, params: dict) -> Path:
     shutil.copytree(ROOT / "src", path / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(ROOT / "reports" / "bench", path / "reports" / "bench")
+    # verify (the last stage) reads reports/reference; the tiny profile has no reference yet
+    (path / "reports" / "reference").mkdir(parents=True)
+    (path / "reports" / "reference" / "README.md").write_text("No reference for `tiny`.\n")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q", "-f"], cwd=path,
                    check=True)

@@ -1,7 +1,7 @@
 """`pixbench study` against a real SLURM (slurm/local-cluster/start.sh; CI starts it): a study
 runs in DAG order and is recorded, so `dvc repro` submits nothing and `dvc status` is clean; a
 failed cell cancels only its dependants; a requeued cell completes. Skipped where no SLURM
-answers. The whole-pipeline study (every track, 24 cells) is `slow`."""
+answers. The whole-pipeline study (every track, 25 cells: report and verify run in the record job) is `slow`."""
 
 from __future__ import annotations
 
@@ -178,9 +178,9 @@ def test_whole_study_every_track(tmp_path):
     repo = make_study_repo(tmp_path / "repo", study_params())
     t0 = time.perf_counter()
     out = _pixbench(repo, "study", "submit", "--poll", "2", timeout=1800)
-    print(f"whole study (24 cells): {time.perf_counter() - t0:.0f} s")
+    print(f"whole study (25 cells): {time.perf_counter() - t0:.0f} s")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert "24 cells, 0 reused, 24 jobs submitted" in out.stdout, out.stdout
+    assert "25 cells, 0 reused, 24 jobs submitted" in out.stdout, out.stdout
     _assert_dag_order(_state(repo))
     _assert_recorded(repo, *ALL_BUT_REPORT, whole=True)
     assert (repo / "reports" / "REPORT.md").is_file()
