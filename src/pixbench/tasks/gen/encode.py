@@ -149,14 +149,3 @@ def scan_folder(root: Path) -> dict[str, FolderSplit]:
     scans = {s: scan_image_folder(root, s) for s in ("train", "val")}
     check_same_classes(scans["train"], scans["val"])
     return scans
-
-
-def folder_root(root: str | None, data_root: Path | None) -> Path:
-    """data.root (absolute, or below PIXBENCH_DATA_ROOT) of an ImageFolder source."""
-    if root is None:
-        raise UserError("data.root must name the ImageFolder directory when data.source=imagefolder")
-    if Path(root).is_absolute():
-        return Path(root)
-    if data_root is None:
-        raise UserError(f"data.root={root} is relative but PIXBENCH_DATA_ROOT is not set")
-    return data_root / root

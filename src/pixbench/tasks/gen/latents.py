@@ -25,6 +25,7 @@ import torch
 from pixbench import distributed
 from pixbench.config import Paths
 from pixbench.data.cache import sha256_file
+from pixbench.data.prepare import folder_root
 from pixbench.data.subsets import balanced_subset
 from pixbench.errors import UserError
 from pixbench.eval.fidelity import fidelity_metrics
@@ -117,7 +118,7 @@ class _Source:
     def __init__(self, spec: EncodeSpec, paths: Paths, channels: int) -> None:
         self.size, self.channels, subset = spec.data.image_size, channels, spec.latents
         if reads_folder(spec):
-            self.scans = enc.scan_folder(enc.folder_root(spec.data.root, paths.data_root))
+            self.scans = enc.scan_folder(folder_root(spec.data, paths.data_root))
             self.classes = list(self.scans["train"].classes)
             self.labels = {s: fs.labels for s, fs in self.scans.items()}
         else:
