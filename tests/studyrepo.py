@@ -4,6 +4,7 @@ deps), a params.yaml whose recipes are the tests' tiny ones (every track, real F
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import subprocess
@@ -65,3 +66,19 @@ def make_study_repo(path: Path, params: dict) -> Path:
     with open(path / ".dvc" / "config", "a") as f:  # `dvc init --no-scm` wrote no_scm = True
         f.write("    analytics = false\n    check_update = false\n")
     return path
+
+
+def plant_bad_checkpoint(repo: Path, cmd: str) -> str:
+    """A run dir of the cell's own spec holding a checkpoint that is not one: the cell is
+    pending (no metrics) and its job fails when it restores."""
+    from pixbench.config import Paths
+    from pixbench.runio import atomic_write_json
+    from pixbench.study.dag import plan_command
+
+    with contextlib.chdir(repo):
+        _, spec, _, _ = plan_command(cmd, "plant")
+        run_dir = Paths(runs_dir=repo / "runs").run_dir(spec.profile, spec.run_id)
+    (run_dir / "ckpt").mkdir(parents=True)
+    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
+    (run_dir / "ckpt" / "last.pt").write_bytes(b"not a checkpoint")
+    return spec.run_id

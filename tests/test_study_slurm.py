@@ -5,7 +5,6 @@ answers. The whole-pipeline study (every track, 25 cells: report and verify run 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from studyrepo import make_study_repo, study_params
+from studyrepo import make_study_repo, plant_bad_checkpoint, study_params
 from test_slurm import REASON, STATE
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -112,27 +111,11 @@ def test_small_study_runs_in_dag_order_and_is_recorded(tmp_path):
     assert "nothing to submit" in again.stdout, again.stdout + again.stderr
 
 
-def _plant_bad_checkpoint(repo: Path, cmd: str) -> str:
-    """A run dir of the cell's own spec holding a checkpoint that is not one: the cell is
-    pending (no metrics) and its job fails when it restores."""
-    from pixbench.config import Paths
-    from pixbench.runio import atomic_write_json
-    from pixbench.study.dag import plan_command
-
-    with contextlib.chdir(repo):
-        _, spec, _, _ = plan_command(cmd, "plant")
-        run_dir = Paths(runs_dir=repo / "runs").run_dir(spec.profile, spec.run_id)
-    (run_dir / "ckpt").mkdir(parents=True)
-    atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})
-    (run_dir / "ckpt" / "last.pt").write_bytes(b"not a checkpoint")
-    return spec.run_id
-
-
 def test_failed_cell_cancels_only_its_dependants(tmp_path, monkeypatch):
     for var in [v for v in os.environ if v.startswith("PIXBENCH_")]:
         monkeypatch.delenv(var)
     repo = make_study_repo(tmp_path / "repo", study_params(patches=(4,), mae_patches=(2,)))
-    bad = _plant_bad_checkpoint(repo, "pixbench mae pretrain --size xxs --patch 2 --seed 0 "
+    bad = plant_bad_checkpoint(repo, "pixbench mae pretrain --size xxs --patch 2 --seed 0 "
                                       "--stale restart")
     out = _pixbench(repo, "study", "submit", "classify", "mae-linprobe", "--poll", "1")
     assert out.returncode == 2, out.stdout + out.stderr[-3000:]

@@ -1,7 +1,9 @@
-"""`pixbench study submit | status | cancel`: the whole pipeline as a DAG of SLURM jobs."""
+"""`pixbench study run | submit | status | cancel`: the whole pipeline as a DAG of cells, run
+here (several at a time) or as SLURM jobs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +12,7 @@ import typer
 from pixbench.cli.options import ClusterOpt, WaitOpt, check_run_flags, noun
 from pixbench.errors import UserError
 
-app = noun("study", help="The whole DVC pipeline on a SLURM cluster, as a DAG of jobs.")
+app = noun("study", help="The whole DVC pipeline as a DAG of cells: here, or as SLURM jobs.")
 
 StudyArg = Annotated[Optional[str], typer.Argument(
     help="Study id (a folder under $PIXBENCH_LOGS_DIR/studies); default: the latest.")]
@@ -30,6 +32,59 @@ def _end(state: dict, rows: list[dict]) -> None:
                         "were cancelled (summary above)")
 
 
+JobsOpt = Annotated[Optional[int], typer.Option(
+    "--jobs", "-j", min=1, help="Cells run at once (worker processes); default: the usable "
+    "cores on a CPU-only machine, 1 where there is a GPU (each cell takes the GPU).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="Intra-op threads per cell; default: the usable cores / --jobs. "
+    "Results are bitwise equal between runs of one thread count on one machine.")]
+
+
+def _repo_root() -> Path:
+    root = Path.cwd()
+    if not (root / "dvc.yaml").is_file():
+        raise UserError(f"no dvc.yaml in {root}: run `pixbench study` from the repo root")
+    return root
+
+
+@app.command("run")
+def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOpt = None) -> None:
+    """Run every pending cell of the pipeline on this machine, --jobs at a time (each cell
+    after its parents; workers import torch once), then record them all with `dvc repro`
+    (which also builds the report and runs verify). Finished cells are reused."""
+    import os
+
+    from pixbench.config import Paths
+    from pixbench.study.dag import load_cells
+    from pixbench.study.local import record, run_cells
+    from pixbench.study.state import new_study_id, studies_dir
+
+    root = _repo_root()
+    cores = len(os.sched_getaffinity(0))
+    jobs = jobs or (1 if list(Path("/dev").glob("nvidia[0-9]*")) else cores)
+    threads = threads or max(1, cores // jobs)
+    targets = list(targets or [])
+    cells = load_cells(root, targets)
+    # caches first, through DVC: a local `pixbench data prepare` (what `dvc repro` runs) always
+    # writes afresh, so a cache prepared in a worker would be decoded twice
+    prepare = [c.name for c in cells if c.task == "prepare" and not c.done]
+    if prepare:
+        record(root, prepare)
+        cells = load_cells(root, targets)
+    folder = studies_dir(Paths()).resolve() / new_study_id()
+    start = time.perf_counter()
+    typer.echo(f"study: {len(cells)} cells, {sum(c.done for c in cells)} finished already; "
+               f"{jobs} at a time, {threads} thread(s) each; logs: {folder}", err=True)
+    states = run_cells(cells, jobs=jobs, threads=threads, folder=folder, paths=Paths(),
+                       say=lambda line: typer.echo(line, err=True))
+    bad = sorted(n for n, s in states.items() if s in ("failed", "blocked"))
+    typer.echo(f"study: cells ran in {time.perf_counter() - start:.0f} s", err=True)
+    if bad:
+        raise UserError(f"{len(bad)} cells failed or wait for a failed one ({', '.join(bad[:4])}"
+                        f"{', ...' if len(bad) > 4 else ''}); logs in {folder}")
+    record(root, targets)
+
+
 @app.command("submit")
 def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: WaitOpt = True,
                poll: PollOpt = 3.0) -> None:
@@ -45,9 +100,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
 
     check_run_flags(cluster=cluster)
     _, cluster = resolve_launcher("slurm", cluster)
-    root = Path.cwd()
-    if not (root / "dvc.yaml").is_file():
-        raise UserError(f"no dvc.yaml in {root}: run `pixbench study submit` from the repo root")
+    root = _repo_root()
     targets = list(targets or [])
     cells = load_cells(root, targets)
     pending = [c for c in cells if not c.done and c.task not in STATELESS]

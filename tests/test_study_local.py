@@ -1,0 +1,107 @@
+"""`pixbench study run`: the pipeline's pending cells on this machine, several at a time (each
+after its parents, in workers that import torch once), then recorded by `dvc repro`; a failed
+cell stops only its descendants; a cell's weights do not depend on the worker that ran it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from studyrepo import make_study_repo, plant_bad_checkpoint, study_params
+
+from pixbench.study.dag import Cell
+from pixbench.study.local import DEFAULT_COST_S, cell_costs, chain_lengths
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXBENCH_")}
+    return {**env, "PATH": f"{VENV_BIN}:{env.get('PATH', '')}", **extra}
+
+
+def _pixbench(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pixbench.cli", *args], cwd=repo,
+                          env=_env(**env), capture_output=True, text=True, timeout=600)
+
+
+def _cell(name: str, parents=(), run_id: str | None = None) -> Cell:
+    spec = SimpleNamespace(profile="p", run_id=run_id or name)
+    return Cell(name, name, "classify", spec, parents=list(parents))
+
+
+def test_the_longest_chain_goes_first():
+    # prepare -> vq -> dit (long chain) beside a long but lone classify cell
+    cells = [_cell("prepare"), _cell("vq", ["prepare"]), _cell("dit", ["vq"]),
+             _cell("classify", ["prepare"])]
+    costs = {"prepare": 1, "vq": 50, "dit": 40, "classify": 80}
+    length = chain_lengths(cells, costs)
+    assert length == {"prepare": 91, "vq": 90, "dit": 40, "classify": 80}
+    assert length["vq"] > length["classify"]  # the chain starts before the longer lone cell
+
+
+def test_costs_are_the_last_recorded_wall_times(tmp_path):
+    metrics = tmp_path / "metrics" / "p"
+    metrics.mkdir(parents=True)
+    (metrics / "a.json").write_text('{"wall_s": 12.5}')
+    (metrics / "b.json").write_text('{"top1": 3}')
+    (metrics / "c.json").write_text("not json")
+    costs = cell_costs([_cell(n) for n in "abcd"], SimpleNamespace(reports_dir=tmp_path))
+    assert costs == {"a": 12.5, "b": DEFAULT_COST_S, "c": DEFAULT_COST_S, "d": DEFAULT_COST_S}
+
+
+def _lines(out: str) -> list[str]:
+    return [line.strip() for line in out.splitlines()]
+
+
+def test_study_runs_here_in_dag_order_and_is_recorded(tmp_path):
+    repo = make_study_repo(tmp_path / "repo", study_params(patches=(4,), mae_patches=(2, 4)))
+    out = _pixbench(repo, "study", "run", "classify", "mae-linprobe", "--jobs", "2",
+                    "--threads", "1")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    lines = _lines(out.stderr)
+    assert "2 at a time, 1 thread(s) each" in out.stderr
+    for p in (2, 4):  # a linear probe starts only after its pre-training has finished
+        done = next(i for i, s in enumerate(lines) if s.startswith(f"done   mae-pretrain@xxs-{p}-0"))
+        assert lines.index(f"start  mae-linprobe@xxs-{p}-0") > done
+    logs = {p.name for p in next((repo / "logs" / "studies").iterdir()).iterdir()}
+    assert logs == {"classify-xxs-p4-s0.log", "mae-pretrain-xxs-p2-s0.log",
+                    "mae-pretrain-xxs-p4-s0.log", "mae-linprobe-xxs-p2-s0.log",
+                    "mae-linprobe-xxs-p4-s0.log"}  # prepare went through dvc repro first
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "classify", "mae-linprobe"],
+                            cwd=repo, env=_env(), capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout + status.stderr
+    # the same cell run alone with one thread: bitwise the same weights
+    alone = _pixbench(repo, "classify", "run", "--size", "xxs", "--patch", "4", "--seed", "0",
+                      OMP_NUM_THREADS="1", PIXBENCH_RUNS_DIR=str(tmp_path / "alone"),
+                      PIXBENCH_REPORTS_DIR=str(tmp_path / "alone-reports"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    ours, theirs = (torch.load(root / "tiny" / "classify-xxs-p4-s0" / "ckpt" / "last.pt",
+                               weights_only=True)["modules"]["model"]
+                    for root in (repo / "runs", tmp_path / "alone"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    again = _pixbench(repo, "study", "run", "classify", "mae-linprobe")
+    assert again.returncode == 0 and "6 cells, 6 finished already" in again.stderr, again.stderr
+    assert "start " not in again.stderr and "Running stage" not in again.stdout
+
+
+def test_a_failed_cell_stops_only_its_descendants(tmp_path):
+    repo = make_study_repo(tmp_path / "repo", study_params(patches=(4,), mae_patches=(2, 4)))
+    bad = plant_bad_checkpoint(repo, "pixbench mae pretrain --size xxs --patch 2 --seed 0 "
+                                     "--stale restart")
+    out = _pixbench(repo, "study", "run", "classify", "mae-linprobe", "--jobs", "2")
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
+    lines = _lines(out.stderr)
+    log = next((repo / "logs" / "studies").iterdir()) / f"{bad}.log"
+    assert any(s.startswith("FAILED mae-pretrain@xxs-2-0") and str(log) in s for s in lines)
+    assert "unreadable checkpoint" in log.read_text()
+    for cell in ("classify@xxs-4-0", "mae-pretrain@xxs-4-0", "mae-linprobe@xxs-4-0"):
+        assert any(s.startswith(f"done   {cell}") for s in lines), (cell, lines)
+    assert "start  mae-linprobe@xxs-2-0" not in lines
+    assert lines[-1].startswith("error: 2 cells failed or wait for a failed one "
+                                "(mae-linprobe@xxs-2-0, mae-pretrain@xxs-2-0)"), lines[-1]
+    assert "classify" not in (repo / "dvc.lock").read_text()  # nothing recorded but prepare
