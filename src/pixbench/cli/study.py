@@ -55,8 +55,9 @@ def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOp
     import os
 
     from pixbench.config import Paths
-    from pixbench.study.dag import load_cells
-    from pixbench.study.local import record, run_cells
+    from pixbench.launch import finished
+    from pixbench.study.dag import load_cells, record
+    from pixbench.study.local import run_cells
     from pixbench.study.state import new_study_id, studies_dir
 
     root = _repo_root()
@@ -67,10 +68,11 @@ def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOp
     cells = load_cells(root, targets)
     # caches first, through DVC: a local `pixbench data prepare` (what `dvc repro` runs) always
     # writes afresh, so a cache prepared in a worker would be decoded twice
-    prepare = [c.name for c in cells if c.task == "prepare" and not c.done]
+    prepare = [c for c in cells if c.task == "prepare" and not c.done]
     if prepare:
-        record(root, prepare)
-        cells = load_cells(root, targets)
+        record(root, [c.name for c in prepare])
+        for cell in prepare:
+            cell.done = finished(cell.task, cell.spec, Paths(), cell.stale) is not None
     folder = studies_dir(Paths()).resolve() / new_study_id()
     start = time.perf_counter()
     typer.echo(f"study: {len(cells)} cells, {sum(c.done for c in cells)} finished already; "
@@ -82,7 +84,10 @@ def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOp
     if bad:
         raise UserError(f"{len(bad)} cells failed or wait for a failed one ({', '.join(bad[:4])}"
                         f"{', ...' if len(bad) > 4 else ''}); logs in {folder}")
+    start = time.perf_counter()
     record(root, targets)
+    typer.echo(f"study: recorded (and report, verify) in {time.perf_counter() - start:.0f} s",
+               err=True)
 
 
 @app.command("submit")

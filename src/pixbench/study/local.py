@@ -10,9 +10,8 @@ run cells one after another with `threads` intra-op threads; a cell starts when 
 longest remaining chain goes first (costed by each cell's last recorded `wall_s` in
 reports/metrics), so the VQ -> DiT chain starts early and no worker idles at the end.
 
-Afterwards `dvc repro TARGETS` records the cells: each is finished (same spec digest), so
-`Run.open` reuses it and DVC only hashes and records; the report and verify (stateless) run
-there. Results depend on the thread count (the GEMM's reduction split), so bitwise equality
+Afterwards dag.record writes the finished cells into dvc.lock at once and `dvc repro TARGETS`
+runs the rest (the report and verify, which have no finished state). Results depend on the thread count (the GEMM's reduction split), so bitwise equality
 holds between runs with the same `threads` on one machine; the run dir records torch_threads.
 A failed cell stops only its descendants; its log is under the study folder.
 """
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -159,10 +157,3 @@ def run_cells(cells: list, *, jobs: int, threads: int, folder: Path, paths,
     for name in todo:
         states[name] = "blocked"
     return states
-
-
-def record(root: Path, targets: list[str]) -> None:
-    """`dvc repro TARGETS`: every cell is finished, so DVC records them and runs the rest."""
-    rc = subprocess.run([sys.executable, "-m", "dvc", "repro", *targets], cwd=root).returncode
-    if rc != 0:
-        raise UserError(f"dvc repro exited with {rc} (its output is above)")

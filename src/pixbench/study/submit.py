@@ -7,10 +7,9 @@ own pre-training) go as separate jobs, so no cell waits for more than its own pa
 
 A job runs the cell's task directly (launch.TaskJob: the spec its stage command builds, the
 local launcher inside the job), never `dvc repro`: DVC's repo lock would serialise the jobs.
-The last job (`record`) waits for every other and runs `dvc repro` in the job (launch runs
-tasks inside a SLURM job there): every cell is finished, so `Run.open` reuses each one, the
-prepared caches are reused, and DVC only records them (and builds the report, which has no
-state to reuse). It first checks that every cell is finished and
+The last job (`record`) waits for every other and records them (dag.record: the finished
+cells into dvc.lock at once, then `dvc repro` in the job, where launch runs tasks inside a
+SLURM job: the report and verify, which have no state to reuse). It first checks that every cell is finished and
 fails naming those that are not, so it never trains.
 """
 
@@ -18,14 +17,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from pixbench.errors import UserError
+from pixbench.study.dag import record
 from pixbench.study.state import RECORD, write_state
 
 
@@ -49,11 +47,7 @@ class RecordJob(Checkpointable):
             raise UserError(f"not finished, nothing recorded: {', '.join(missing[:5])}")
         # the cluster named: launch() reuses finished cells and prepared caches as it does
         # for any submission; inside this job it runs the rest (the report) here
-        env = {**os.environ, "PIXBENCH_CLUSTER": self.cluster}
-        rc = subprocess.run([sys.executable, "-m", "dvc", "repro", *self.targets], cwd=self.root,
-                            env=env).returncode
-        if rc != 0:
-            raise RuntimeError(f"dvc repro exited with {rc} (its output is above)")
+        record(Path(self.root), self.targets, env={**os.environ, "PIXBENCH_CLUSTER": self.cluster})
         return {"recorded": len(self.cells)}
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
