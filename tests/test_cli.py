@@ -105,7 +105,7 @@ def test_every_command_is_registered():
         "bench", "classify run", "data prepare", "data verify", "dit eval", "dit sample", "dit train",
         "featnet train", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
             "report",
-        "study cancel", "study status", "study submit", "sweep", "verify", "vq encode", "vq eval",
+        "study cancel", "study run", "study status", "study submit", "sweep", "verify", "vq encode", "vq eval",
         "vq train"])
 
 
@@ -128,7 +128,7 @@ def test_dash_h_is_help(words, monkeypatch, capsys):
 
 
 # bench: its suite is `--suite`; study: its params are dvc.yaml's (params.yaml's `profile`)
-NO_PROFILE = {"bench", "study cancel", "study status", "study submit"}
+NO_PROFILE = {"bench", "study cancel", "study run", "study status", "study submit"}
 
 
 def test_profile_flag_is_the_params_profile_everywhere():
