@@ -105,3 +105,41 @@ def test_a_failed_cell_stops_only_its_descendants(tmp_path):
     assert lines[-1].startswith("error: 2 cells failed or wait for a failed one "
                                 "(mae-linprobe@xxs-2-0, mae-pretrain@xxs-2-0)"), lines[-1]
     assert "classify" not in (repo / "dvc.lock").read_text()  # nothing recorded but prepare
+
+
+def test_sigterm_checkpoints_the_running_cells_and_a_rerun_ends_bitwise_equal(tmp_path):
+    """A preempted `study run` (SIGTERM): its running cell checkpoints and the command exits
+    143; run again, the cell resumes and ends with the weights of an uninterrupted run."""
+    import signal
+    import time
+
+    params = study_params(patches=(2,), classify={"epochs": 40, "checkpoint_every_s": 0.2})
+    repo = make_study_repo(tmp_path / "repo", params)
+    args = [sys.executable, "-m", "pixbench.cli", "study", "run", "classify", "--threads", "1"]
+    proc = subprocess.Popen(args, cwd=repo, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    run_dir = repo / "runs" / "tiny" / "classify-xxs-p2-s0"
+    deadline = time.monotonic() + 300
+    while not (run_dir / "ckpt" / "last.pt").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "error: study run stopped by SIGTERM" in err
+    assert not (run_dir / "metrics.json").exists()  # stopped mid-run, checkpoint kept
+    (log,) = (repo / "logs" / "studies").glob("*/classify-xxs-p2-s0.log")
+    assert "checkpointed at step" in log.read_text(), log.read_text()[-2000:]
+    step = torch.load(run_dir / "ckpt" / "last.pt", weights_only=True)["state"]["global_step"]
+    assert 0 < step < 40 * 8
+    again = subprocess.run(args, cwd=repo, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    alone = _pixbench(repo, "classify", "run", "--size", "xxs", "--patch", "2", "--seed", "0",
+                      OMP_NUM_THREADS="1", PIXBENCH_RUNS_DIR=str(tmp_path / "alone"),
+                      PIXBENCH_REPORTS_DIR=str(tmp_path / "alone-reports"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    ours, theirs = (torch.load(root / "tiny" / "classify-xxs-p2-s0" / "ckpt" / "last.pt",
+                               weights_only=True)["modules"]["model"]
+                    for root in (repo / "runs", tmp_path / "alone"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)

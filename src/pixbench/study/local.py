@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 import traceback
@@ -38,7 +39,14 @@ DEFAULT_COST_S = 10.0  # a cell with no recorded wall time (new, or an eval that
 
 
 def _init_worker(threads: int, cwd: str) -> None:
-    """Pin the intra-op threads before torch starts its OpenMP pool (spawned: nothing imported)."""
+    """Pin the intra-op threads before torch starts its OpenMP pool (spawned: nothing imported).
+    Stopping is the parent's to decide: Ctrl-C reaches the whole process group, so a worker
+    ignores SIGINT and gets SIGTERM from the parent (or from the kernel when the parent dies),
+    on which its cell checkpoints at the next step boundary (tasks/signals.py)."""
+    from pixbench.tasks.signals import die_with_parent
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.chdir(cwd)
     import torch
@@ -74,6 +82,22 @@ def _run_cell(job, log: str) -> float:
 
 
 # ---------------------------------------------------------------------------- in the parent
+
+
+def _terminated(signum: int, frame) -> None:
+    from pixbench.tasks.signals import Interrupted
+
+    raise Interrupted("study run stopped by SIGTERM: the running cells checkpointed; run the "
+                      "same command to resume", signum)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker (each running cell writes its checkpoint and ends), then wait for
+    them. `_processes` is the executor's own {pid: process} (no public accessor)."""
+    for process in list((pool._processes or {}).values()):
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def cell_costs(cells: list, paths) -> dict[str, float]:
@@ -122,6 +146,7 @@ def run_cells(cells: list, *, jobs: int, threads: int, folder: Path, paths,
     pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
                                initargs=(threads, os.getcwd()))
     running: dict = {}
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         while todo or running:
             ready = sorted((n for n in todo if all(p in ended for p in by_name[n].parents)),
@@ -150,9 +175,11 @@ def run_cells(cells: list, *, jobs: int, threads: int, folder: Path, paths,
                     continue
                 states[name], _ = "done", ended.add(name)
                 say(f"done   {name} ({secs:.1f} s)")
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # Ctrl-C, SIGTERM (below), a dead worker: the running cells checkpoint
+        _stop(pool)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     pool.shutdown(wait=True)
     for name in todo:
         states[name] = "blocked"
