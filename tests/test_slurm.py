@@ -107,22 +107,7 @@ def test_interrupted_job_requeues_and_ends_bitwise_identical(tiny_project, tmp_p
     logs = "".join(p.read_text() for p in (tmp_path / "submitit").glob("*_log.err"))
     assert "requeu" in logs.lower()
 
-    # the same run here, with the job's intra-op thread count (the GEMM's reduction split, and
-    # so the last bits, depend on it; an exported OMP_NUM_THREADS may differ from the job's)
-    threads = json.loads((ckpt.parents[1] / "manifest.json").read_text())["torch_threads"]
-    monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "runs-local"))
-    from pixbench.tasks.classify import run as classify
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        classify.run(spec, Paths(), progress=False)
-    finally:
-        torch.set_num_threads(before)
-    ref = torch.load(Paths().run_dir(spec.profile, spec.run_id) / CKPT_NAME, weights_only=False)
-    got = torch.load(ckpt, weights_only=False)
-    for k in ref["modules"]["model"]:
-        assert torch.equal(ref["modules"]["model"][k], got["modules"]["model"][k]), k
+    _assert_same_as_a_local_run(spec, ckpt, tmp_path, monkeypatch)
 
 
 def test_failing_job_reports_the_remote_error(tiny_project, tmp_path, capsys):
@@ -190,12 +175,17 @@ def test_usr2_then_sigterm_checkpoint_at_a_step_boundary_and_end_identical(tiny_
     metrics = launch.wait_for(job, spec.run_id)
     assert metrics["steps"] == 40 * 8
 
-    # the same run here, with the job's intra-op thread count (the GEMM's reduction split, and
-    # so the last bits, depend on it; an exported OMP_NUM_THREADS may differ from the job's)
-    threads = json.loads((ckpt.parents[1] / "manifest.json").read_text())["torch_threads"]
-    monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "runs-local"))
+    _assert_same_as_a_local_run(spec, ckpt, tmp_path, monkeypatch)
+
+
+def _assert_same_as_a_local_run(spec, ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    """The job's final weights equal the same run here, with the job's intra-op thread count
+    (the GEMM's reduction split, and so the last bits, depend on it; an exported
+    OMP_NUM_THREADS may differ from the job's)."""
     from pixbench.tasks.classify import run as classify
 
+    threads = json.loads((ckpt.parents[1] / "manifest.json").read_text())["torch_threads"]
+    monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "runs-local"))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

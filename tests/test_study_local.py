@@ -54,6 +54,19 @@ def test_costs_are_the_last_recorded_wall_times(tmp_path):
     assert costs == {"a": 12.5, "b": DEFAULT_COST_S, "c": DEFAULT_COST_S, "d": DEFAULT_COST_S}
 
 
+def _assert_same_as_run_alone(repo: Path, tmp_path: Path, *, patch: int) -> None:
+    """The study's classification cell (seed 0) has the weights of the same cell run alone by
+    `pixbench classify run` with one thread."""
+    alone = _pixbench(repo, "classify", "run", "--size", "xxs", "--patch", str(patch), "--seed",
+                      "0", OMP_NUM_THREADS="1", PIXBENCH_RUNS_DIR=str(tmp_path / "alone"),
+                      PIXBENCH_REPORTS_DIR=str(tmp_path / "alone-reports"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    ours, theirs = (torch.load(root / "tiny" / f"classify-xxs-p{patch}-s0" / "ckpt" / "last.pt",
+                               weights_only=True)["modules"]["model"]
+                    for root in (repo / "runs", tmp_path / "alone"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def _lines(out: str) -> list[str]:
     return [line.strip() for line in out.splitlines()]
 
@@ -76,14 +89,7 @@ def test_study_runs_here_in_dag_order_and_is_recorded(tmp_path):
                             cwd=repo, env=_env(), capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout + status.stderr
     # the same cell run alone with one thread: bitwise the same weights
-    alone = _pixbench(repo, "classify", "run", "--size", "xxs", "--patch", "4", "--seed", "0",
-                      OMP_NUM_THREADS="1", PIXBENCH_RUNS_DIR=str(tmp_path / "alone"),
-                      PIXBENCH_REPORTS_DIR=str(tmp_path / "alone-reports"))
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    ours, theirs = (torch.load(root / "tiny" / "classify-xxs-p4-s0" / "ckpt" / "last.pt",
-                               weights_only=True)["modules"]["model"]
-                    for root in (repo / "runs", tmp_path / "alone"))
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_same_as_run_alone(repo, tmp_path, patch=4)
     again = _pixbench(repo, "study", "run", "classify", "mae-linprobe")
     assert again.returncode == 0 and "6 cells, 6 finished already" in again.stderr, again.stderr
     assert "start " not in again.stderr and "Running stage" not in again.stdout
@@ -135,11 +141,4 @@ def test_sigterm_checkpoints_the_running_cells_and_a_rerun_ends_bitwise_equal(tm
     again = subprocess.run(args, cwd=repo, env=_env(), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    alone = _pixbench(repo, "classify", "run", "--size", "xxs", "--patch", "2", "--seed", "0",
-                      OMP_NUM_THREADS="1", PIXBENCH_RUNS_DIR=str(tmp_path / "alone"),
-                      PIXBENCH_REPORTS_DIR=str(tmp_path / "alone-reports"))
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    ours, theirs = (torch.load(root / "tiny" / "classify-xxs-p2-s0" / "ckpt" / "last.pt",
-                               weights_only=True)["modules"]["model"]
-                    for root in (repo / "runs", tmp_path / "alone"))
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_same_as_run_alone(repo, tmp_path, patch=2)
