@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pixbench.bench.rehearsal import GIB, IMAGENET
+from pixbench.runio import atomic_write_bytes
 
 # Targets of issue 15 ("Done when").
 GROWTH_MAX = 1.3        # peak memory N -> 4N
@@ -101,8 +102,9 @@ def derive(doc: dict) -> dict:
 def write(doc: dict, out_dir: Path, name: str = "scale-prepare") -> Path:
     doc = {**doc, "derived": derive(doc)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(markdown(doc))
+    # temp file + rename: an interrupted write never leaves a half note (runio)
+    atomic_write_bytes(out_dir / f"{name}.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / f"{name}.md", markdown(doc).encode())
     return out_dir / f"{name}.md"
 
 

@@ -50,8 +50,9 @@ def _repo_root() -> Path:
 @app.command("run")
 def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOpt = None) -> None:
     """Run every pending cell of the pipeline on this machine, --jobs at a time (each cell
-    after its parents; workers import torch once), then record them all with `dvc repro`
-    (which also builds the report and runs verify). Finished cells are reused."""
+    after its parents; workers import torch once), then record them: the finished cells
+    into dvc.lock in one write, then `dvc repro` (the report and verify). Finished cells are
+    reused; Ctrl-C or SIGTERM checkpoints the running ones."""
     import os
 
     from pixbench.config import Paths
