@@ -40,7 +40,7 @@ repro: install dataset
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest --benchmark-skip bench/test_bench_smoke.py \
-	  bench/test_scale_prepare.py bench/test_scale_loader.py
+	  bench/test_scale_prepare.py bench/test_scale_loader.py bench/test_machine_kinds.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 bench: install

@@ -94,7 +94,7 @@ TINY_GEN = {
            "eval_images": 32, "checkpoint_every_s": 60},
     "latents": {"train_subset": None, "val_subset": None},
     "featnet": {"width": 8, "feature_dim": 16, "epochs": 1, "batch_size": 32, "lr": 0.003,
-                "train_subset": None},
+                "train_subset": None, "pretrained": None},
     "dit": {"pos_embed": "learn", "class_dropout": 0.1, "num_train_timesteps": 100,
             "beta_schedule": "linear", "steps": 6, "batch_size": 16,
             "optim": {"lr": 0.001, "lr_ref_batch": 16, "betas": [0.9, 0.999], "weight_decay": 0.0,

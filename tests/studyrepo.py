@@ -45,7 +45,8 @@ def study_params(*, patches=(2, 4), seeds=(0,), mae_patches=(2, 4), alt_patches=
                 "run": ["shuffle"], "seeds": [0]},
             "gen_sweep": {"sizes": ["xxs"], "patches": list(gen_patches), "seeds": [0],
                           "tokenizer_seed": 0},
-            "verify": {"k": 4.0, "rel_floor": 0.01, "single_seed_rel": 0.15},
+            "verify": {"k": 4.0, "rel_floor": 0.01, "single_seed_rel": 0.15, "alpha": 0.05,
+                       "sanity": {}},
             "recipes": recipes, "profiles": {"tiny": empty}}
 
 
@@ -60,6 +61,9 @@ def make_study_repo(path: Path, params: dict) -> Path:
     # verify (the last stage) reads reports/reference; the tiny profile has no reference yet
     (path / "reports" / "reference").mkdir(parents=True)
     (path / "reports" / "reference" / "README.md").write_text("No reference for `tiny`.\n")
+    # vq-train and featnet read instruments/ (fixed upstream models); `tiny` pins none
+    (path / "instruments").mkdir()
+    (path / "instruments" / "README.md").write_text("No instruments for `tiny`.\n")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q", "-f"], cwd=path,
                    check=True)

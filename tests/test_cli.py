@@ -103,7 +103,7 @@ def test_debug_env_shows_traceback(tiny_project, monkeypatch, capsys):
 def test_every_command_is_registered():
     assert sorted(LEAVES) == sorted([
         "bench", "classify run", "data prepare", "data verify", "dit eval", "dit sample", "dit train",
-        "featnet train", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
+        "featnet train", "instruments freeze", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
             "report",
         "study cancel", "study run", "study status", "study submit", "sweep", "verify", "vq encode", "vq eval",
         "vq train"])

@@ -170,6 +170,36 @@ def test_reference_cache_is_reused(weights: Path, tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache").iterdir())) == 2 * len(files)
 
 
+@pytest.mark.parametrize("metrics", [{}, {"isc": False, "kid": False, "prc": False}],
+                         ids=["all", "fid-only"])
+def test_metrics_are_torch_fidelitys_own(weights: Path, tmp_path: Path, metrics: dict) -> None:
+    """fidelity_metrics calls torch-fidelity's metric functions itself, with its own reference
+    cache (eval/tfmetrics.py: torch-fidelity's unpickles): the numbers are exactly those of
+    calculate_metrics, uncached and with torch-fidelity's cache (as on d639017), miss and hit."""
+    import torch_fidelity
+
+    from pixbench.eval.tfmetrics import UInt8Images
+
+    gen, ref = noise(120, 40), structured(150, 41)
+    fd.register_featnet_extractor()
+    tf_kw = dict(input1=UInt8Images(gen), input2=UInt8Images(ref),
+                 feature_extractor=fd.FEATNET_NAME,
+                 feature_extractor_weights_path=str(weights), batch_size=500, kid_subset_size=50,
+                 prc_neighborhood=3, cuda=torch.cuda.is_available(), verbose=False,
+                 save_cpu_ram=True, **{"isc": True, "fid": True, "kid": True, "prc": True,
+                                       **metrics})
+    want = fd._rename(torch_fidelity.calculate_metrics(cache=False, **tf_kw), "featnet")
+    for _ in range(2):  # torch-fidelity's own cache, in a dir of ours: miss, then hit
+        assert fd._rename(torch_fidelity.calculate_metrics(
+            cache=True, cache_root=str(tmp_path / "tf"), input2_cache_name="r", **tf_kw),
+            "featnet") == want
+    kw = dict(extractor="featnet", weights_path=weights, kid_subset_size=50, **metrics)
+    assert fd.fidelity_metrics(gen, ref, ref_cache_name=None, cache_root=None, **kw) == want
+    for _ in range(2):  # ours: miss (writes the .npz), then hit
+        assert fd.fidelity_metrics(gen, ref, ref_cache_name="r", cache_root=tmp_path / "ours",
+                                   **kw) == want
+
+
 def test_kid_subset_size_checked(weights: Path) -> None:
     with pytest.raises(UserError, match="kid_subset_size=50"):
         fd.fidelity_metrics(noise(40, 0), noise(60, 1), extractor="featnet", weights_path=weights,

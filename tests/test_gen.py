@@ -222,7 +222,8 @@ def test_pretrained_diffusers_tokenizer_is_imported(gen_project) -> None:
     folder = gen_project.parent / "pretrained-vq"
     src.save_pretrained(folder)
     raw = yaml.safe_load(gen_project.read_text())
-    raw["profiles"]["tiny"]["gen"]["vq"]["pretrained"] = {"path": str(folder), "format": "diffusers"}
+    raw["profiles"]["tiny"]["gen"]["vq"]["pretrained"] = {"path": str(folder), "format": "diffusers",
+                                                     "root": "data", "sha256": None}
     gen_project.write_text(yaml.safe_dump(raw))
     spec = make_vq_spec(load_params(gen_project))
     m = vq.run(spec, Paths(), progress=False)

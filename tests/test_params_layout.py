@@ -58,10 +58,10 @@ def count_values(node) -> int:
     return 1
 
 
-def test_fewer_than_300_values_state_the_three_profiles():
+def test_fewer_than_320_values_state_the_three_profiles():
     raw = raw_params()
     assert set(raw["profiles"]) == {"fmnist-cpu", "cifar100", "imagenet28"}
-    assert count_values(raw) < 300
+    assert count_values(raw) < 320  # 300 until verify's alpha and sanity bands (issue 23)
     assert count_values({"recipes": raw["recipes"], "profiles": raw["profiles"]}) < 280
 
 

@@ -132,7 +132,8 @@ def test_cli_crafted_ema_pt(gen_project, marker, monkeypatch, capsys):
 def test_cli_crafted_taming_tokenizer(gen_project, marker, monkeypatch, capsys):
     ckpt = crafted(gen_project.parent / "vq.ckpt", marker)
     raw = yaml.safe_load(gen_project.read_text())
-    raw["profiles"]["tiny"]["gen"]["vq"]["pretrained"] = {"path": str(ckpt), "format": "taming"}
+    raw["profiles"]["tiny"]["gen"]["vq"]["pretrained"] = {"path": str(ckpt), "format": "taming",
+                                                     "root": "data", "sha256": None}
     gen_project.write_text(yaml.safe_dump(raw))
     assert_refused(["vq", "train", "--device", "cpu"], str(ckpt), gen_project.parent,
                    monkeypatch, capsys)

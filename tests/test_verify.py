@@ -17,13 +17,15 @@ from pixbench.config.pipeline import sweep_runs
 from pixbench.errors import UserError
 from pixbench.verify import collect, compare, metrics_path, reference_path, result_path
 from pixbench.verify.compare import RESULTS, tolerance
-from pixbench.verify.machine import cpu_flags, machine_kind, same_kind
+from pixbench.verify.machine import cpu_flags, describe, machine_kind, same_kind
 
-VERIFY = {"k": 4.0, "rel_floor": 0.01, "single_seed_rel": 0.15}
+VERIFY = {"k": 4.0, "rel_floor": 0.01, "single_seed_rel": 0.15, "alpha": 0.05, "sanity": {}}
 HERE = {"cpu": "Test CPU", "isa_flags": ["avx2", "avx512f"], "capability": "AVX512",
         "torch": "2.x"}
-MANIFEST = {"cpu": "Test CPU", "device": "cpu", "torch_threads": 2, "git_sha": "abc",
-            "git_dirty": False, "versions": {"torch": "2.x"}}
+KERNELS = {"aten_capability": "AVX512", "ATEN_CPU_CAPABILITY": None, "ONEDNN_MAX_CPU_ISA": None,
+           "MKL_CBWR": None}
+MANIFEST = {"cpu": "Test CPU", "cpu_vendor": "TestVendor", "kernels": KERNELS, "device": "cpu",
+            "torch_threads": 2, "git_sha": "abc", "git_dirty": False, "versions": {"torch": "2.x"}}
 
 
 @pytest.fixture
@@ -119,7 +121,8 @@ def test_cli_exit_code_and_update_reference(project, monkeypatch, capsys):
     assert code == 0 and f"reproduced {n_cells(project)} of {n_cells(project)} cells" in out
     write_runs(project, lambda r, k: base(r, k) + 30.0)
     code, out, err = run_cli(["verify"], monkeypatch, capsys)
-    assert code == 2 and err.startswith(f"error: verify: reproduced 0 of {n_cells(project)} cells")
+    assert code == 2 and err.startswith("error: verify: ")
+    assert f"reproduced 0 of {n_cells(project)} cells" in err
 
 
 def test_cells_come_from_the_sweep_not_the_disk(project, tiny_params, workdir, capsys):
@@ -153,7 +156,8 @@ def test_refusals_and_a_profile_without_reference(project, capsys):
     write_runs(project, base)
     ref = reference_path(Paths(), project.profile)
     ref.parent.mkdir(parents=True)
-    ref.write_text(json.dumps({"format": 1, "machine": {}, "groups": {"classify xxs p1": {}}}))
+    groups = {g: {} for g in collect(project, Paths(), HERE)["groups"]}
+    ref.write_text(json.dumps({"format": 1, "machine": {}, "groups": groups}))
     with pytest.raises(UserError, match="tiny.json: malformed reference"):
         run_verify(project)
     ref.write_text("{not json")
@@ -204,5 +208,10 @@ def test_machine_kind():
     assert kind["isa_flags"] == HERE["isa_flags"] and same_kind(kind, dict(kind))
     other = machine_kind([MANIFEST, {**MANIFEST, "torch_threads": 1}], HERE)
     assert other["threads"] == "mixed" and not same_kind(other, other)
+    # the same CPU with another kernel path (an emulated machine kind) is another kind
+    for env in ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"MKL_CBWR": "COMPATIBLE"}):
+        emulated = machine_kind([{**MANIFEST, "kernels": {**KERNELS, **env}}], HERE)
+        assert same_kind(emulated, dict(emulated)) and not same_kind(kind, emulated)
+        assert f"{next(iter(env))}={next(iter(env.values()))}" in describe(emulated)
     elsewhere = machine_kind([MANIFEST], {**HERE, "cpu": "Another CPU"})
     assert elsewhere["isa_flags"] is None and not same_kind(elsewhere, elsewhere)

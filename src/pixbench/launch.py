@@ -97,15 +97,33 @@ def cluster_dir() -> Path:
     return Path(os.environ.get("PIXBENCH_CLUSTER_DIR", CLUSTER_DIR))
 
 
-def load_cluster(name: str) -> ClusterProfile:
+def load_cluster(name: str, source: str = "--cluster") -> ClusterProfile:
+    """The profile slurm/clusters/NAME.yaml, checked as params are: an unknown name, an
+    unreadable or broken file, an unknown key or a bad value is one line naming it (`source`:
+    where the name came from, --cluster or PIXBENCH_CLUSTER)."""
+    from pixbench.config.schema import check_name
+
+    check_name(name, source)  # a file name under the cluster dir, never a path
     path = cluster_dir() / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in cluster_dir().glob("*.yaml"))
-        raise UserError(f"cluster profile not found: {path} (known: {', '.join(known) or 'none'})")
+        raise UserError(f"{source}={name}: cluster profile not found: {path} (known: "
+                        f"{', '.join(known) or 'none'})")
     try:
-        return ClusterProfile.model_validate(yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError:
-        raise UserError(f"{path}: invalid YAML") from None
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the cluster profile ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (a cluster profile is YAML)") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"{path}: invalid YAML{at}") from None
+    if not isinstance(data, dict | None):
+        raise UserError(f"{path}: a cluster profile is a mapping of keys (partition: ...), "
+                        f"not a {type(data).__name__}")
+    try:
+        return ClusterProfile.model_validate(data or {})
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
@@ -114,12 +132,18 @@ def load_cluster(name: str) -> ClusterProfile:
 
 
 def resolve_launcher(launcher: str | None, cluster: str | None) -> tuple[Launcher, str | None]:
-    """--launcher wins; else slurm when a cluster is named (flag or PIXBENCH_CLUSTER), else local."""
-    cluster = cluster or os.environ.get("PIXBENCH_CLUSTER")
+    """--launcher wins; else slurm when a cluster is named (flag or PIXBENCH_CLUSTER), else local.
+    A cluster named either way is loaded and checked even when the task runs here (a finished
+    cell, --launcher local): a typo in it is refused, never ignored without a word."""
+    source = "--cluster"
+    if not cluster and os.environ.get("PIXBENCH_CLUSTER"):
+        cluster, source = os.environ["PIXBENCH_CLUSTER"], "PIXBENCH_CLUSTER"
     if launcher is None:
         launcher = "slurm" if cluster else "local"
     if launcher not in ("local", "slurm"):
         raise UserError(f"--launcher must be 'local' or 'slurm', not {launcher!r}")
+    if cluster:
+        load_cluster(cluster, source)
     if launcher == "slurm":
         if not cluster:
             raise UserError("--launcher slurm needs --cluster NAME (or PIXBENCH_CLUSTER)")

@@ -1,7 +1,9 @@
 """Run directories: atomic writes, the self-describing manifest, the one checkpoint path.
 
 A run directory holds spec.json, manifest.json, metrics.json and ckpt/last.pt. Every file is
-written to a temp file in the same directory and renamed, so a kill never leaves half a file.
+written to a temp file in the same directory and renamed, so a kill never leaves half a file,
+in the directory's real path, which must lie below its root (the runs, reports or cache dir):
+a symbolic link never carries a write out of it (writable_dir).
 """
 
 from __future__ import annotations
@@ -33,11 +35,62 @@ def under_root(path: Path | str, root: Path | str) -> Path:
     return resolved
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+# The dirs config.Paths puts caches, runs, reports and logs in: every Paths announces its dirs
+# here (config imports runio, so runio cannot ask config), so that a write below one of them
+# never leaves it through a symbolic link, whichever module calls the writer.
+_WRITE_ROOTS: set[Path] = set()
+
+
+def add_write_roots(*roots: Path | str | None) -> None:
+    _WRITE_ROOTS.update(Path(r) for r in roots if r is not None)
+
+
+def real_dir(path: Path | str, root: Path | str | None = None) -> Path:
+    """The real path of directory `path` (symlinks resolved; it need not exist), refused with
+    one line naming `path` when it leads out of its root (`root`, else every announced root
+    that `path` lies below as written) through a symbolic link. Creates nothing: a writer of
+    several files checks every target before it writes the first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    real = path.resolve()
+    for r in [Path(root)] if root is not None else _root_naming(path):
+        base = r.resolve()
+        if real != base and base not in real.parents:
+            raise UserError(f"{path}: leads out of {r} (to {real}) through a symbolic link; "
+                            "refusing to write there")
+    return real
+
+
+def writable_dir(path: Path | str, root: Path | str | None = None) -> Path:
+    """real_dir(path, root), created when missing: the place a writer writes in. One line
+    naming `path` when it cannot be created (not writable, a file in the way)."""
+    real = real_dir(path, root)
     try:
+        real.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create the directory "
+                        f"({exc.strerror or exc.__class__.__name__})") from None
+    return real
+
+
+def _root_naming(path: Path) -> list[Path]:
+    """The announced root that `path` lies below as written (no link followed); of nested
+    roots the innermost, so that a root which is itself a link (runs -> /scratch/runs) inside
+    another root stays writable."""
+    here = os.path.abspath(path)
+    naming = [r for r in _WRITE_ROOTS
+              if os.path.commonpath([here, os.path.abspath(r)]) == os.path.abspath(r)]
+    return sorted(naming, key=lambda r: len(os.path.abspath(r)))[-1:]
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, root: Path | str | None = None) -> None:
+    """`path` whole or not at all: a temp file in its real parent dir (writable_dir: never out
+    of `root` through a link), fsync, rename. A link at `path` itself is replaced, not written
+    through. An OS error (not writable, disk full) is a one-line UserError naming `path`."""
+    path = Path(path)
+    target = writable_dir(path.parent, root) / path.name
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -45,14 +98,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"{path}: cannot write ({exc.strerror or exc.__class__.__name__})"
+                            ) from None
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any, *, root: Path | str | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(),
+                       root=root)
 
 
 def read_json(path: Path, what: str = "file") -> dict:
@@ -64,7 +122,7 @@ def read_json(path: Path, what: str = "file") -> dict:
         raise UserError(f"{path}: corrupt {what} (not valid JSON)") from None
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict, *, root: Path | str | None = None) -> None:
     """torch.save to a temp file, fsync, rename: the checkpoint is always whole."""
     import io
 
@@ -72,7 +130,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), root=root)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -84,6 +142,27 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds on truncated or foreign files
         raise UserError(f"{path}: unreadable checkpoint ({exc.__class__.__name__})") from None
+
+
+def load_arrays(path: Path, what: str = "arrays") -> dict:
+    """Every array of an .npz (an .npy's one as "arr_0"), read into memory with
+    allow_pickle=False: an object array, the only kind whose loading runs code, is refused like
+    a corrupt file, with a UserError naming it. With load_checkpoint (torch) and read_json this
+    is the read path for files read back (tests/test_hostile_reads.py); YAML is safe_load'ed."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        got = np.load(Path(path), allow_pickle=False)
+        if isinstance(got, np.ndarray):
+            return {"arr_0": got}
+        with got:
+            return {name: got[name] for name in got.files}
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: unreadable {what} ({exc.__class__.__name__})") from None
 
 
 def _git(*args: str) -> str | None:
@@ -109,15 +188,35 @@ def device_info(device: str) -> dict:
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id" and "cpu_vendor" not in info:
+                info["cpu_vendor"] = value.strip()
+            elif key.strip() == "model name" and "model" not in info:
+                info["cpu"] = info["model"] = value.strip()
+        info.pop("model", None)
     except OSError:
         pass
+    info["kernels"] = kernel_settings()
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+# Environment variables that change which CPU kernels run, hence the bits of every float result
+# (issue 23: each changed a 50-step ViT run on one machine). MKL on AMD takes its generic branch
+# unless told otherwise, which the CPU model alone does not show.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
+              "MKL_DEBUG_CPU_TYPE", "OMP_NUM_THREADS")
+
+
+def kernel_settings() -> dict:
+    """The CPU kernel path as far as it can be read: ATen's dispatch capability (what torch
+    actually picked) and the environment variables that steer ATen, oneDNN and MKL."""
+    import torch
+
+    return {"aten_capability": torch.backends.cpu.get_cpu_capability(),
+            **{k: os.environ.get(k) for k in KERNEL_ENV}}
 
 
 def versions() -> dict:

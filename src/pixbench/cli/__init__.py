@@ -8,6 +8,7 @@ help=...)` and `@app.command("show")`) is added by naming it in the import line 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated
@@ -62,7 +63,32 @@ def main() -> None:
         if debug:
             raise
         sys.exit(_fail(str(exc), exc.exit_code))
+    except OSError as exc:  # a full disk wherever a write was not wrapped: one line, exit 2
+        if debug or exc.errno not in DISK_FULL:
+            raise
+        sys.exit(_fail(f"{_written(exc)}: cannot write ({exc.strerror}); free space there and "
+                       "run the same command again", UserError.exit_code))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+PATH_LOCALS = ("path", "filename", "file", "output_path", "dst", "target", "tmp")
+
+
+def _written(exc: OSError) -> str:
+    """The file a failed write was writing: the error's own filename, else the innermost
+    frame's path-like local (a write() failing on an open file names none)."""
+    if exc.filename:
+        return str(exc.filename)
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        for name in PATH_LOCALS:
+            if isinstance(local.get(name), (str, os.PathLike)):
+                found = os.fspath(local[name])
+                break
+        tb = tb.tb_next
+    return found or "a file"
 
 
 def _show_help(exc) -> None:

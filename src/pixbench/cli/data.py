@@ -59,14 +59,14 @@ def _submit_shards(spec, paths, cluster: str, shards: int, workers: int | None,
                    wait: bool) -> dict:
     """The plan here (scan, preallocated output), then the shards as a job array and the
     merge job after them."""
-    from pixbench.data import shards as sharding
+    from pixbench.data import lock, shards as sharding
     from pixbench.data.prepare import folder_root, cache_path, check_writable, refusal_cleans
     from pixbench.data.stream import make_plan
 
     out = cache_path(spec, paths).resolve()
     check_writable(out)
     root = folder_root(spec.data, paths.data_root)
-    with refusal_cleans(out) as held:
+    with refusal_cleans(out) as held, lock.holding(out):  # the jobs take it again (shards.py)
         work = make_plan(spec.data, out, root.resolve())
         held.append(work)
     return sharding.submit(work, spec.run_id, shards=shards, workers=workers, cluster=cluster,

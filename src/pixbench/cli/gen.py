@@ -109,3 +109,21 @@ def dit_sample(patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = None,
 
     path = sample_grid(params, Paths(), size=size, patch=patch, seed=seed, n=n, out=out)
     typer.echo(f"wrote {path}")
+
+
+instruments_app = noun("instruments", help="The generation track's fixed upstream models "
+                       "(tokenizer, FeatNet), committed under instruments/<profile>/.")
+
+
+@instruments_app.command("freeze")
+def instruments_freeze(params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = None) -> None:
+    """Copy the profile's trained tokenizer and FeatNet into instruments/<profile>/ (with
+    PROVENANCE.json) and print the params.yaml lines that pin them by sha256."""
+    params = load_params(params_path, profile)
+    from pixbench.config import Paths
+    from pixbench.tasks.gen.instruments import freeze, pins
+
+    prov = freeze(params, Paths())
+    typer.echo(f"froze instruments/{params.profile}: pin them in profiles.{params.profile}.gen "
+               "of params.yaml:")
+    typer.echo(pins(prov))

@@ -12,8 +12,8 @@ from pixbench.config.classify import (AugmentConfig, ClassifyConfig, MaeConfig,
 from pixbench.config.classify_specs import (PretrainSpec, RunSpec, Task, make_classify_spec,
                                             make_mae_spec, make_pretrain_spec)
 from pixbench.config.gen import (DitConfig, FeatNetConfig, FidConfig, GenConfig, GenSweep,
-                                 LatentsConfig, PretrainedTokenizer, SampleConfig, VQConfig,
-                                 gen_problems, latent_side)
+                                 LatentsConfig, Pretrained, PretrainedTokenizer, SampleConfig,
+                                 VQConfig, gen_problems, latent_side)
 from pixbench.config.gen_specs import (DitEvalSpec, DitSpec, EncodeSpec, FeatNetSpec,
                                        VQEvalSpec, VQSpec, make_dit_eval_spec, make_dit_spec,
                                        make_encode_spec, make_featnet_spec, make_vq_eval_spec,
@@ -30,7 +30,8 @@ __all__ = [
     "DitSpec", "EncodeSpec", "FeatNetConfig", "FeatNetSpec", "FidConfig", "GenConfig",
     "GenSweep", "LatentsConfig", "Locality", "MaeConfig", "MaeSweep", "OptimConfig", "PARTS",
     "Params", "Paths", "PermutationConfig", "PretrainConfig", "PretrainSpec",
-    "PretrainedTokenizer", "Profile", "RunSpec", "SampleConfig", "Strict", "Sweep", "Task",
+    "Pretrained", "PretrainedTokenizer", "Profile", "RunSpec", "SampleConfig", "Strict",
+    "Sweep", "Task",
     "VQConfig", "VQEvalSpec", "VQSpec", "Variant", "cross_problems", "deep_merge",
     "gen_problems", "latent_side", "load_params", "make_classify_spec", "make_dit_eval_spec",
     "make_dit_spec", "make_encode_spec", "make_featnet_spec", "make_mae_spec",

@@ -64,6 +64,12 @@ class ClassifyConfig(Strict):
                                   "and peak-memory measurement.")
 
 
+def visible_tokens(tokens: int, mask_ratio: float) -> int:
+    """Tokens MAE leaves visible: models/mae.py's rounding, int(tokens * (1 - mask_ratio)); at
+    least one must be, checked when params are read (config/params.py)."""
+    return int(tokens * (1 - mask_ratio))
+
+
 class PretrainConfig(Strict):
     mask_ratio: Float = Field(gt=0, lt=1, description="Share of tokens removed (MAE: 75%).")
     target: Literal["pix", "norm_pix"] = Field(description="Reconstruction target: pixels, or "

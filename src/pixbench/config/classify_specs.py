@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pixbench.config.classify import ClassifyConfig, PretrainConfig
+from pixbench.config.classify import ClassifyConfig, PretrainConfig, visible_tokens
 from pixbench.config.params import Params
 from pixbench.config.schema import DataConfig, Digestible, Int, SafeName, Seed
 from pixbench.errors import UserError
@@ -86,6 +86,10 @@ def make_pretrain_spec(params: Params, *, size: str | None, patch: int, seed: in
     if params.active.data.image_size // patch < 2:
         raise UserError(f"--patch {patch} leaves a single token: nothing to mask")
     pre = params.active.mae.pretrain
+    tokens = (params.active.data.image_size // patch) ** 2
+    if visible_tokens(tokens, pre.mask_ratio) < 1:  # a --patch outside mae_sweep
+        raise UserError(f"profiles.{params.profile}.mae.pretrain.mask_ratio={pre.mask_ratio:g} "
+                        f"leaves no visible token of {tokens} at --patch {patch}")
     if target is not None and target not in ("pix", "norm_pix"):
         raise UserError(f"--target must be 'pix' or 'norm_pix', not {target!r}")
     variant = target if target is not None and target != pre.target else None

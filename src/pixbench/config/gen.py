@@ -10,18 +10,41 @@ gen_specs.py.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pixbench.config.schema import (Bool, DataConfig, Float, Int, OptimConfig, SafeName, Seed,
                                     Strict)
 
 
-class PretrainedTokenizer(Strict):
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Pretrained(Strict):
+    """A model loaded instead of trained. root `instruments`: a fixed upstream model committed
+    with the project (instruments/<profile>/, `pixbench instruments freeze`), the same bytes on
+    every machine kind, so the cells that use it differ between machines only by their own
+    kernels (issue 23: a tokenizer and a FeatNet retrained per machine reordered the DiT cells)."""
+
+    path: str = Field(description="Relative to `root`'s folder unless absolute.")
+    root: Literal["data", "instruments"] = Field(description="data: PIXBENCH_DATA_ROOT; "
+                                                 "instruments: PIXBENCH_INSTRUMENTS_DIR "
+                                                 "(default instruments/, committed).")
+    sha256: Sha256 | None = Field(description="sha256 of the weights file, checked at every "
+                                  "load (required for root instruments), or null.")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "Pretrained":
+        if self.root == "instruments" and self.sha256 is None:
+            raise ValueError("sha256: required for a committed instrument (root: instruments)")
+        return self
+
+
+class PretrainedTokenizer(Pretrained):
     path: str = Field(description="A diffusers-format VQModel folder (config.json + weights) "
-                      "or a taming/LDM VQGAN checkpoint (.ckpt/.pt), relative to "
-                      "PIXBENCH_DATA_ROOT unless absolute.")
+                      "or a taming/LDM VQGAN checkpoint (.ckpt/.pt), relative to `root`'s "
+                      "folder unless absolute.")
     format: Literal["diffusers", "taming"] = Field(description="Layout of `path`.")
 
 
@@ -75,6 +98,8 @@ class FeatNetConfig(Strict):
     lr: Float = Field(gt=0, description="AdamW peak learning rate (cosine).")
     train_subset: Int | None = Field(gt=0, description="Class-balanced training subset, or "
                                      "null for all.")
+    pretrained: Pretrained | None = Field(description="A featnet.pt (`pixbench featnet train` "
+                                          "format) used instead of training one, or null.")
 
 
 class DitConfig(Strict):

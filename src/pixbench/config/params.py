@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pixbench.config.classify import ClassifyConfig, MaeConfig, PermutationConfig
+from pixbench.config.classify import ClassifyConfig, MaeConfig, PermutationConfig, visible_tokens
 from pixbench.config.gen import GenConfig, GenSweep, gen_problems
 from pixbench.config.schema import DataConfig, Float, Int, SafeName, Seed, Strict
 
@@ -72,6 +72,12 @@ class VerifyConfig(Strict):
     single_seed_rel: Float = Field(gt=0, description="Tolerance of a group with one seed on "
                                    "both sides (no spread to measure), as a fraction of "
                                    "|reference mean|.")
+    alpha: Float = Field(gt=0, lt=1, description="Significance level of the conclusions "
+                         "(Welch's t-test, Holm-corrected per family; verify/conclusions.py).")
+    sanity: dict[SafeName, dict[str, tuple[Float, Float]]] = Field(
+        description="Per profile, {task.metric: [low, high]}: where a retrained instrument's "
+        "own result (tokenizer, FeatNet) must fall, measured across machine kinds "
+        "(reports/bench/instrument-bands.md); used where the instruments are not pinned.")
 
 
 class Params(Strict):
@@ -124,7 +130,22 @@ def cross_problems(params: Params) -> list[str]:
     one = [p for p in params.mae_sweep.patches if p >= 1 and size // p < 2]
     if one:
         out.append(f"mae_sweep.patches {one} leave a single token: nothing to mask")
+    out += _mask_problems(params, size)
     gen = params.active.gen
     if gen is not None:
         out += gen_problems(gen, params.gen_sweep, f"profiles.{params.profile}.gen")
     return out
+
+
+def _mask_problems(params: Params, size: int) -> list[str]:
+    """The MAE mask ratio leaves a visible token at every patch size of the MAE sweep: refused
+    here, naming the field, instead of by the model at the first step."""
+    ratio, sw = params.active.mae.pretrain.mask_ratio, params.mae_sweep
+    patches = {p for p in [*sw.patches, *(sw.alt_patches if sw.alt_target else [])]
+               if p >= 1 and size % p == 0 and size // p >= 2}
+    bad = sorted(p for p in patches if visible_tokens((size // p) ** 2, ratio) < 1)
+    if not bad:
+        return []
+    tokens = ", ".join(str((size // p) ** 2) for p in bad)
+    return [f"profiles.{params.profile}.mae.pretrain.mask_ratio={ratio:g} leaves no visible "
+            f"token at mae_sweep patch sizes {bad} ({tokens} tokens)"]

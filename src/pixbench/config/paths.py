@@ -12,7 +12,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pixbench.config.schema import check_name
-from pixbench.runio import under_root
+from pixbench.runio import add_write_roots, under_root
 
 
 class Paths(BaseSettings):
@@ -25,9 +25,16 @@ class Paths(BaseSettings):
     runs_dir: Path = Field(Path("runs"), description="Run directories.")
     reports_dir: Path = Field(Path("reports"), description="Reports and figures.")
     logs_dir: Path = Field(Path("logs"), description="Launcher logs (submitit folders).")
+    instruments_dir: Path = Field(Path("instruments"), description="Fixed upstream models "
+                                  "committed with the project (tokenizer, FeatNet).")
     fid_ref: Path | None = Field(None, description="An ADM reference batch (.npz with mu, sigma "
                                  "of Inception pool features) for `dit eval`'s "
                                  "fid_inception_ref.")
+
+    def model_post_init(self, __context) -> None:
+        """Announce the dirs to the writers (runio.writable_dir): no write below one of them
+        leaves it through a symbolic link, whoever writes."""
+        add_write_roots(*(v for k, v in self if k.endswith("_dir")))
 
     def cache_for(self, profile: str) -> Path:
         """data/<profile>: the classification cache of a profile (a safe name, inside)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Iterator
 
 import numpy as np
@@ -34,6 +35,7 @@ from pixbench import distributed
 from pixbench.config import AugmentConfig
 from pixbench.data import augment
 from pixbench.tasks.seeds import epoch_order, generator
+from pixbench.tasks.signals import worker_dies_with
 
 PREFETCH = 2  # batches queued per worker: enough to hide one slow read behind a step
 
@@ -151,11 +153,14 @@ def auto_workers(device: torch.device) -> int:
     return max(1, min(2, len(os.sched_getaffinity(0)) - 1))
 
 
-def _quiet_worker(_: int) -> None:
+def _quiet_worker(parent: int, _: int) -> None:
     """A worker leaves stop signals to the training process (SLURM signals the whole step):
-    the run checkpoints at its next step boundary and the workers end with it."""
+    the run checkpoints at its next step boundary and the workers end with it. If the
+    training process is killed outright, the workers go at once (worker_dies_with), not at
+    torch's next 5 s check of their parent."""
     for s in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
+    worker_dies_with(parent)
 
 
 def batches(dataset: StepBatches, start: int, *, workers: int,
@@ -168,7 +173,7 @@ def batches(dataset: StepBatches, start: int, *, workers: int,
     else:  # its own generator: DataLoader would otherwise take its seed from the global RNG
         items = torch.utils.data.DataLoader(
             dataset, batch_size=None, sampler=steps, num_workers=workers, pin_memory=pin,
-            prefetch_factor=PREFETCH, worker_init_fn=_quiet_worker,
+            prefetch_factor=PREFETCH, worker_init_fn=partial(_quiet_worker, os.getpid()),
             generator=torch.Generator().manual_seed(0))
     for j, batch in zip(steps, items):
         yield batch if dataset.augment_here else replace(batch, draws=dataset.draws(j))

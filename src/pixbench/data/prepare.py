@@ -2,7 +2,8 @@
 
 Order matters for "nothing lost, nothing escapes": every input is checked (the cache location
 is writable, ImageFolder structure and class lists) before anything is decoded, and the cache
-is written into a hidden dir next to it that is renamed into place (cache.py). ImageFolder
+is written into a hidden dir next to it that is renamed into place (cache.py), by one prepare
+at a time (lock.py: a second prepare of the same cache waits for the first). ImageFolder
 trees stream through stream.py (memory independent of N, parallel, resumable, shardable);
 Fashion-MNIST and CIFAR are small arrays written by cache.write_cache.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pixbench.config import DataConfig
-from pixbench.data import cache, stream
+from pixbench.data import cache, lock, stream
 from pixbench.data.cache import SPLITS, write_cache
 from pixbench.data.decode import decode_file, to_8bit, to_channels  # noqa: F401 - public API
 from pixbench.data.sources import Split, load_cifar, load_fashion_mnist
@@ -116,10 +118,11 @@ def refusal_cleans(out_dir: Path):
         raise
 
 
-def prepare_folder(cfg, out_dir: Path, root: Path, workers: int | None = None,
+def prepare_folder(cfg, out_dir: Path, root: Path, held: list, workers: int | None = None,
                    progress: bool = False) -> dict:
-    """Plan, decode every chunk here with `workers` processes, finish; resumes a killed run."""
-    with refusal_cleans(out_dir) as held, contextlib.ExitStack() as stack:
+    """Plan, decode every chunk here with `workers` processes, finish; resumes a killed run.
+    `held`: refusal_cleans' list, which gets the work dir."""
+    with contextlib.ExitStack() as stack:
         pool = stream.start_pool(workers)  # forked before the file list exists
         if pool is not None:
             stack.enter_context(pool)
@@ -129,18 +132,46 @@ def prepare_folder(cfg, out_dir: Path, root: Path, workers: int | None = None,
         return stream.finish(work)
 
 
+def _stamp(out_dir: Path) -> tuple | None:
+    """Which cache is in place now (a swap-in gives the manifest a new inode)."""
+    try:
+        st = (out_dir / cache.MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def made_meanwhile(cfg: DataConfig, out_dir: Path, before: tuple | None) -> dict | None:
+    """After waiting for another prepare of this cache: the cache it swapped in, when that
+    loads and was made for this data config; else None (this prepare does the work)."""
+    if _stamp(out_dir) in (None, before):
+        return None
+    try:
+        manifest = cache.load_cache(out_dir, verify=True).manifest
+    except UserError:
+        return None
+    same = manifest.get("spec") == json.loads(json.dumps(cfg.model_dump(mode="json")))
+    return manifest if same else None
+
+
 def prepare(cfg: DataConfig, out_dir: Path, data_root: Path | None, workers: int | None = None,
             progress: bool = False) -> dict:
     """Build the cache for one profile's data section; returns the manifest. workers: decode
-    processes for ImageFolder trees (default: every usable core)."""
+    processes for ImageFolder trees (default: every usable core). Holds the cache's prepare
+    lock (lock.py): a prepare of the same cache running elsewhere is waited for."""
     out_dir = Path(out_dir)
     check_writable(out_dir)
-    if cfg.source == "imagefolder":
-        return prepare_folder(cfg, out_dir, folder_root(cfg, data_root), workers, progress)
-    splits = load_array_splits(cfg, data_root)
-    meta = {"source": cfg.source, "spec": cfg.model_dump()}
-    return write_cache(out_dir, {s: (sp.images, sp.labels) for s, sp in splits.items()},
-                       list(splits["train"].classes), meta)
+    root = folder_root(cfg, data_root) if cfg.source == "imagefolder" else None
+    before = _stamp(out_dir)
+    with refusal_cleans(out_dir) as held, lock.holding(out_dir) as waited:
+        if waited and (done := made_meanwhile(cfg, out_dir, before)) is not None:
+            return done
+        if root is not None:
+            return prepare_folder(cfg, out_dir, root, held, workers, progress)
+        splits = load_array_splits(cfg, data_root)
+        meta = {"source": cfg.source, "spec": cfg.model_dump()}
+        return write_cache(out_dir, {s: (sp.images, sp.labels) for s, sp in splits.items()},
+                           list(splits["train"].classes), meta)
 
 
 def run(spec, paths, *, stale: str = "error", device: str = "auto", progress: bool = True,

@@ -1,11 +1,14 @@
 """`pixbench data prepare --launcher slurm --shards K`: an ImageFolder prepare as a SLURM job
 array of K decode tasks plus one merge job.
 
-The submitting process makes the plan (stream.make_plan: scan, preallocated memory maps), then
+The submitting process makes the plan (stream.make_plan: scan, preallocated arrays), then
 submits K `ShardJob`s (each decodes a contiguous, disjoint range of chunks into the shared
 output) and a `MergeJob` that starts after all of them succeed (`--dependency=afterok`) and
 runs stream.finish. A requeued or re-submitted shard skips the chunks it already marked done;
 re-running the same command after a failure submits only the shards with work left.
+Shard jobs hold the cache's prepare lock shared (they write disjoint chunks), the merge job
+exclusively (lock.py); a plan that another prepare of the cache finished meanwhile leaves a
+shard nothing to do and the merge that prepare's cache.
 
 Uses pixbench.launch's cluster profile and executor read-only; what launch.py could offer
 instead (an executor with extra sbatch parameters) is noted in the merge submission below.
@@ -20,7 +23,7 @@ from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from pixbench.data import stream
+from pixbench.data import cache, lock, stream
 from pixbench.errors import UserError
 
 
@@ -32,8 +35,11 @@ class ShardJob(Checkpointable):
 
     def __call__(self) -> dict:
         work = Path(self.work)
-        ids = stream.shard(stream.chunk_ids(stream.read_plan(work)), self.k, self.shards)
-        n = stream.decode_chunks(work, ids, self.workers)
+        with lock.holding(stream.cache_of(work), shared=True):
+            if not (work / stream.PLAN).is_file():  # merged by another prepare of the cache
+                return {"shard": self.k, "chunks": 0, "decoded": 0}
+            ids = stream.shard(stream.chunk_ids(stream.read_plan(work)), self.k, self.shards)
+            n = stream.decode_chunks(work, ids, self.workers)
         return {"shard": self.k, "chunks": len(ids), "decoded": n}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
@@ -57,16 +63,24 @@ class MergeJob(Checkpointable):
 
 
 def merge(work: Path) -> dict:
-    """stream.finish; a refusal (unreadable files, a class left empty) removes the work dir."""
+    """stream.finish under the prepare lock; a refusal (unreadable files, a class left empty)
+    removes the work dir. A plan already finished by another prepare of the cache: its cache."""
     import shutil
 
-    try:
-        return stream.finish(work)
-    except stream.Incomplete:
-        raise
-    except UserError:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    out = stream.cache_of(work)
+    with lock.holding(out):
+        if not (work / stream.PLAN).is_file():
+            if not (out / cache.MANIFEST).is_file():
+                raise UserError(f"{work}: the prepare's plan is gone and {out} holds no cache; "
+                                "re-run `pixbench data prepare`")
+            return cache.load_cache(out).manifest
+        try:
+            return stream.finish(work)
+        except stream.Incomplete:
+            raise
+        except UserError:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
 
 
 def pending_shards(work: Path, shards: int) -> list[int]:

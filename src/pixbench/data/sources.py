@@ -185,12 +185,31 @@ def _cifar_md5_problem(cls, name: str, data_root: Path) -> str | None:
     return None
 
 
+# What a CIFAR batch pickle names: numpy's array constructors (protocols 2-4: _reconstruct,
+# 5: _frombuffer; numpy 1 and 2 module names) and _codecs.encode, which protocol-2 pickles use
+# for bytes. Nothing among them runs code or touches files.
+_CIFAR_GLOBALS = frozenset({(f"numpy.{core}.{mod}", fn) for core in ("core", "_core")
+                            for mod, fn in (("multiarray", "_reconstruct"),
+                                            ("numeric", "_frombuffer"))}
+                           | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """The diagnosis below re-reads files torchvision just failed on, so they may be anything:
+    any global beyond _CIFAR_GLOBALS is refused before it is looked up, let alone called."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (not a CIFAR batch)")
+        return super().find_class(module, name)
+
+
 def _cifar_unpickle_problem(cls, data_root: Path) -> str | None:
     """Which pickle does not load (truncated, not a pickle): the file torchvision's error hides."""
     for path, _ in _cifar_files(cls, data_root):
         try:
             with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+                entry = _ArraysOnlyUnpickler(f, encoding="latin1").load()
         except Exception as exc:  # noqa: BLE001 - any failure to unpickle is this file's fault
             return str(read_error(path, exc))
         if not isinstance(entry, dict):

@@ -1,19 +1,19 @@
 """Streaming ImageFolder prepare: memory independent of N, parallel, resumable, shardable.
 
 plan: scan both splits; create `.{cache}.work-{digest}/` (digest of spec, root and file list)
-with the image arrays preallocated as .npy memory maps, the labels and plan.json. decode: each
-chunk (CHUNK_BYTES of images) by one worker: decode, write its rows of the map, flush, then
-done/{split}-{i}.json (histogram, unreadable files); nothing decoded goes through a pipe, a
-marked chunk is never redone, so a killed run (or requeued array task) ends byte-identical.
-finish: exact summed histograms, unreadable files left out on request, one channel when all
-gray, each file hashed once, the manifest, the swap. A refusal (bad input, disk full) removes
-the work dir; only an interruption (kill, Ctrl-C, time limit) leaves it to resume from.
+with the image arrays preallocated as .npy files (every block reserved: npyfile.py), the labels
+and plan.json. decode: each chunk (CHUNK_BYTES of images) by one worker: decode, pwrite its
+rows, fsync, then done/{split}-{i}.json (histogram, unreadable files); nothing decoded goes
+through a pipe, a marked chunk is never redone, so a killed run (or requeued array task) ends
+byte-identical. finish: exact summed histograms, unreadable files left out on request, one
+channel when all gray, each file hashed once, the manifest, the swap. A refusal (bad input,
+disk full) removes the work dir; only an interruption (kill, Ctrl-C, time limit) leaves it
+to resume from.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pixbench.data import cache, stats
+from pixbench.data import cache, npyfile, stats
 from pixbench.data.decode import decode_file, to_channels
 from pixbench.data.sources import check_same_classes, listed, scan_image_folder, shown
 from pixbench.errors import UserError
 from pixbench.runio import atomic_write_bytes
+from pixbench.tasks.signals import worker_dies_with
 
 CHUNK_BYTES = 32 << 20  # decoded bytes per chunk (see chunk_len)
 PLAN = "plan.json"
@@ -50,6 +51,11 @@ def default_workers() -> int:
 
 def work_dir(out_dir: Path, digest: str) -> Path:
     return out_dir.with_name(f".{out_dir.name}.work-{digest}")
+
+
+def cache_of(work: Path) -> Path:
+    """The cache a work dir builds (work_dir's inverse)."""
+    return work.with_name(work.name[1:].rsplit(".work-", 1)[0])
 
 
 # ------------------------------------------------------------------------------------- plan
@@ -76,24 +82,10 @@ def writing(path: Path):
 
 
 def _preallocate(path: Path, shape: tuple) -> int:
-    """An .npy of zeros whose disk blocks are reserved now: a full disk is an error before
-    decoding, not a SIGBUS when a memory-mapped write finds no block. Returns the data offset."""
-    mm = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
-    del mm
-    with open(path, "rb+") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no such call on this FS
-                raise
-    return _header_offset(path)
-
-
-def _header_offset(path: Path) -> int:
-    mm = np.load(path, mmap_mode="r")  # parses the header only; maps without reading
-    offset = int(mm.offset)
-    del mm
-    return offset
+    """A uint8 .npy of zeros whose disk blocks are reserved now (npyfile.py): a full disk is an
+    error before decoding, and rows are written without a memory map, never a SIGBUS.
+    Returns the data offset."""
+    return npyfile.create(path, np.uint8, shape)
 
 
 def make_plan(cfg, out_dir: Path, root: Path) -> Path:
@@ -182,11 +174,9 @@ def decode_chunk(job: tuple) -> int:
             continue
         gray = gray and img.shape[2] == 1
         out[j] = to_channels(img[None], 1)[0] if want == 1 else img  # gray broadcasts onto 3
-    mm = np.memmap(Path(work) / f"{split}_images.npy", dtype=np.uint8, mode="r+",
-                   offset=offset + i * chunk * out[0].size, shape=out.shape)
-    mm[:] = out
-    mm.flush()  # msync: the rows are on disk before the marker says so
-    del mm
+    # pwrite, not a memory map (a full disk is an OSError, never SIGBUS); fsync: the rows are
+    # on disk before the marker says so
+    npyfile.write_rows(Path(work) / f"{split}_images.npy", offset, i * chunk, out, sync=True)
     marker = {"n": n, "gray": gray, "bad": bad, "hist": stats.channel_hist(out[ok]).tolist()}
     atomic_write_bytes(_marker(Path(work), split, i), json.dumps(marker).encode())
     return n
@@ -207,13 +197,15 @@ def _jobs(work: Path, plan: dict, ids: list[tuple[str, int]]):
 def start_pool(workers: int | None):
     """A process pool with every worker already forked (None for one worker: decode here).
     Start it before the plan (a list of every file) is read: forked workers then share a slim
-    parent instead of each holding a copy-on-write view of that list."""
+    parent instead of each holding a copy-on-write view of that list. Each worker is killed
+    when this process dies (SIGKILL, SIGTERM, an OOM kill): a forked worker holds both ends of
+    the pool's pipes and would otherwise wait on them forever."""
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or default_workers()
     if workers == 1:
         return None
-    pool = ProcessPoolExecutor(workers)
+    pool = ProcessPoolExecutor(workers, initializer=worker_dies_with, initargs=(os.getpid(),))
     pool.submit(os.getpid).result()  # fork start: all workers are created at the first submit
     return pool
 
@@ -304,18 +296,16 @@ def _check_bad(plan: dict, bad: dict, labels: dict) -> None:
                             f"images left in class folders {listed(emptied)}")
 
 
-def _windows(path: Path, shape: tuple, mode: str, step: int):
-    """(lo, rows) windows of a .npy image file, each its own small memory map: a pass over a
-    file of any size maps one window at a time (bounded resident memory)."""
-    offset = _header_offset(path)
+def _windows(path: Path, shape: tuple, step: int):
+    """(lo, rows) read-only windows of a .npy image file, each its own small memory map: a
+    pass over a file of any size maps one window at a time (bounded resident memory)."""
+    offset = npyfile.data_offset(path)
     row = int(np.prod(shape[1:]))
     for lo in range(0, shape[0], step):
         n = min(step, shape[0] - lo)
-        mm = np.memmap(path, dtype=np.uint8, mode=mode, offset=offset + lo * row,
+        mm = np.memmap(path, dtype=np.uint8, mode="r", offset=offset + lo * row,
                        shape=(n, *shape[1:]))
         yield lo, mm
-        if mode != "r":
-            mm.flush()
         del mm
 
 
@@ -329,12 +319,12 @@ def _compact(work: Path, split: str, shape: list, drop: list[int], channels: int
     keep[drop] = False
     new = (int(keep.sum()), shape[1], shape[2], channels)
     tmp = work / f"{split}_images.new.npy"
-    _preallocate(tmp, new)
+    offset = _preallocate(tmp, new)
     step = chunk_len(shape[1], shape[3])
     rows = (mm[keep[lo:lo + len(mm)], ..., :channels] for lo, mm in
-            _windows(path, tuple(shape), "r", step))
-    for (_, dst), block in zip(_windows(tmp, new, "r+", step), _rebatch(rows, step)):
-        dst[:] = block
+            _windows(path, tuple(shape), step))
+    for k, block in enumerate(_rebatch(rows, step)):
+        npyfile.write_rows(tmp, offset, k * step, block)  # synced with the rest by finish
     os.replace(tmp, path)
     if drop:
         labels = np.load(work / f"{split}_labels.npy")

@@ -13,9 +13,10 @@ Two feature extractors, never mixed (every result key carries the extractor's su
   in it would run), so it is registered here as "pixbench-inception-v3-compat": the same net,
   whose weights this module reads with weights_only=True and hands over as plain tensors.
 
-Reference statistics are cached by torch-fidelity's input2 cache, keyed by the reference name,
-its size and a digest of the extractor weights: torch-fidelity keys only on the extractor *name*,
-so without the digest a retrained FeatNet would silently reuse stale statistics.
+Reference features are cached by eval/tfmetrics.py (an .npz read without pickle; torch-fidelity's
+own cache, which torch.loads its .pt files with weights_only=False, stays off), keyed by the
+reference name, its size and a digest of the extractor weights: torch-fidelity keys only on the
+extractor *name*, so without the digest a retrained FeatNet would silently reuse stale features.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from pixbench.errors import UserError
 from pixbench.eval.inception import (INCEPTION_ENV, INCEPTION_FILE,  # noqa: F401 (re-exported)
                                      inception_weights)
+from pixbench.eval.tfmetrics import calculate
 from pixbench.models.featnet import FeatNet
 from pixbench.runio import load_checkpoint, save_checkpoint
 
@@ -205,23 +207,6 @@ def register_featnet_extractor() -> None:
     _register(FEATNET_NAME, _featnet_extractor_class())
 
 
-class _UInt8Images(torch.utils.data.Dataset):
-    """Items are uint8 (3, H, W), as torch-fidelity requires: gray is repeated to 3 channels."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected uint8 (N, 1|3, H, W) images, got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        self.images = images.cpu()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.images[i]  # (C, H, W)
-        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
-
-
 @functools.lru_cache(maxsize=4)
 def _digest_and_logits(path: str, mtime_ns: int, size: int, extractor: str) -> tuple[str, bool]:
     """sha256 prefix of the weights file and, for Inception, whether its classifier is real
@@ -252,8 +237,6 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, *, extrac
     kid_e_std, precision_e, recall_e. IS is computed on `generated` only; for Inception weights
     without logits it is left out. Reference features/statistics are cached under cache_root when
     both ref_cache_name and cache_root are given. kid_subset_size defaults to min(1000, N, M)."""
-    import torch_fidelity
-
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise UserError(f"{extractor} weights not found: {weights_path}")
@@ -273,21 +256,22 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, *, extrac
         register_featnet_extractor()
     else:
         register_inception_extractor()
-    cache = ref_cache_name is not None and cache_root is not None
+    name = FEATNET_NAME if extractor == "featnet" else INCEPTION_NAME
     kwargs = dict(
-        input1=_UInt8Images(generated), input2=_UInt8Images(reference),
-        isc=isc, fid=fid, kid=kid, prc=prc,
-        feature_extractor=FEATNET_NAME if extractor == "featnet" else INCEPTION_NAME,
+        isc=isc, fid=fid, kid=kid, prc=prc, feature_extractor=name,
         feature_extractor_weights_path=str(weights_path),
         batch_size=batch_size or (500 if extractor == "featnet" else 32),
         kid_subset_size=kid_subset_size, prc_neighborhood=prc_neighborhood,
         cuda=torch.cuda.is_available(), verbose=False,
         save_cpu_ram=True,  # in-memory tensors: DataLoader worker processes only cost time
-        cache=cache, cache_root=str(cache_root) if cache else None,
-        # The reference size and the weights digest are part of the key (see module doc).
-        input2_cache_name=f"{ref_cache_name}-n{m}-w{digest}" if cache else None,
     )
-    raw = torch_fidelity.calculate_metrics(**kwargs)
+    cache = None
+    if ref_cache_name is not None and cache_root is not None:
+        # The reference size and the weights digest are part of the key (see module doc).
+        stem = f"{ref_cache_name}-n{m}-w{digest}"
+        cache = (Path(cache_root) / f"{stem}-{name}-features.npz",
+                 {"reference": ref_cache_name, "n": m, "weights": digest, "extractor": name})
+    raw = calculate(generated, reference, kwargs, cache)
     return _rename(raw, extractor)
 
 

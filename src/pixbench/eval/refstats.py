@@ -24,7 +24,7 @@ import torch
 from pixbench.errors import UserError
 from pixbench.eval.fidelity import (FEATNET_NAME, INCEPTION_NAME, Extractor, weights_digest,
                                     register_featnet_extractor, register_inception_extractor)
-from pixbench.runio import atomic_write_bytes
+from pixbench.runio import atomic_write_bytes, load_arrays
 
 LAYER = {"featnet": "feat", "inception": "2048"}  # the FID feature of each extractor
 BATCH = {"featnet": 500, "inception": 32}  # as fidelity_metrics' torch-fidelity batches
@@ -103,11 +103,11 @@ def cached_stats(path: Path, key: dict, compute: Callable[[], dict]) -> dict:
     atomically (callers run this on one rank: one writer)."""
     key_json = json.dumps(key, sort_keys=True)
     if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["key"]) == key_json:
-                    return {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"])}
-        except (ValueError, OSError, KeyError, EOFError):
+        try:  # load_arrays: never unpickles; a file holding objects is refused like a corrupt one
+            z = load_arrays(path, "reference statistics")
+            if str(z["key"]) == key_json:
+                return {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"])}
+        except (UserError, KeyError, TypeError, ValueError):
             pass  # unreadable or another format: recomputed below
     stats = compute()
     buf = io.BytesIO()

@@ -6,7 +6,6 @@ written without timestamps, so the same metrics give byte-identical files.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from pixbench.errors import UserError
 from pixbench.eval.stats import fmt_welch, welch
 from pixbench.paper import LOCALITY_NOTE, PAPER, RECIPE_NOTE
 from pixbench.report.bench import bench_section
+from pixbench.report.conclusions import conclusions_section
+from pixbench.verify.conclusions import group_gate, run_gate
 from pixbench.report.html import markdown_to_html
 from pixbench.report.gen import gen_section
 from pixbench.report.mae import mae_section
@@ -23,7 +24,7 @@ from pixbench.report.plots import plot_accuracy, plot_curves, plot_time
 from pixbench.report.dataset import dataset_section, not_about, paper_dataset
 from pixbench.report.tables import (PLATEAU_NOTE, classify_table, cost_to_accuracy_table,
                                     locality_table, paper_table, plateau_table)
-from pixbench.runio import atomic_write_bytes
+from pixbench.runio import atomic_write_bytes, read_json
 
 FIG_DIR = "figures"
 
@@ -33,7 +34,7 @@ def check_run(path: Path, m: dict, spec) -> None:
     file, a hand edit) or a stale one. Its spec digest must equal the one params.yaml gives."""
     if m.get("spec_digest") != spec.digest():
         spec_file = path.with_name("spec.json")
-        old = json.loads(spec_file.read_text()).get("spec", {}) if spec_file.exists() else {}
+        old = read_json(spec_file, "run spec").get("spec", {}) if spec_file.exists() else {}
         diff = "; ".join(spec_diff(old, spec.canonical())[:3]) or "digest differs"
         raise UserError(f"{path.parent}: refused, made with other settings than params.yaml "
                         f"({diff}); re-run it (dvc repro) or remove it")
@@ -49,12 +50,12 @@ def collect_runs(runs_dir: Path, params: Params) -> list[dict]:
         path = runs_dir / run.run_id / "metrics.json"
         if run.task != "classify" or not path.exists():
             continue
-        m = json.loads(path.read_text())
+        m = read_json(path, "metrics")
         check_run(path, m, run.spec)
         curve = path.with_name("curve.json")
-        m["_curve"] = json.loads(curve.read_text()) if curve.exists() else []
+        m["_curve"] = read_json(curve, "curve") if curve.exists() else []
         man = path.with_name("manifest.json")
-        m["_manifest"] = json.loads(man.read_text()) if man.exists() else {}
+        m["_manifest"] = read_json(man, "run manifest") if man.exists() else {}
         rows.append(m)
     return rows
 
@@ -114,6 +115,12 @@ def pixel_vs_best(groups: dict[tuple, list[dict]]) -> list[str]:
         if 1 not in cells or not patches:
             continue
         best = max(patches, key=lambda p: sum(cells[p]) / len(cells[p]))
+        gates = {p: group_gate({"runs": [{"gate": run_gate(r, r.get("_curve"))} for r in runs]})
+                 for (_, _, s, p), runs in groups.items() if s == size and p in (1, best)}
+        if any(gates.values()):  # a stalled or chance-level model gets a warning, no test
+            out.append(f"- ViT-{size.upper()}: pixels (p=1) vs p={best}: no test; " + "; ".join(
+                f"p={p}: {why}" for p, why in gates.items() if why) + ".")
+            continue
         out.append(f"- ViT-{size.upper()}: pixels (p=1) vs the best patch size p={best}: "
                    f"{fmt_welch(welch(cells[1], cells[best]))} (Welch's t-test, n = "
                    f"{len(cells[1])} and {len(cells[best])} seeds).")
@@ -169,6 +176,7 @@ def build_report(params: Params, paths: Paths) -> Path:
              "What does it cost, and what does it buy, to make every pixel a token instead of "
              f"every patch? ({PAPER})", ""]
     lines += dataset_section(params, paths)
+    lines += conclusions_section(params, paths)
     lines += classify_section(params, rows, out_dir)
     loc = locality_table(rows)
     if loc:

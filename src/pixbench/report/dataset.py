@@ -4,10 +4,10 @@ those datasets, never beside Fashion-MNIST or your own ImageFolder."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pixbench.config import DataConfig, Params, Paths
+from pixbench.runio import read_json
 
 MAX_CLASS_NAMES = 20  # beyond this many, the list is cut (ImageNet has 1000)
 
@@ -30,7 +30,7 @@ def dataset_name(data: DataConfig) -> str:
 
 def manifest(cache_dir: Path) -> dict | None:
     path = cache_dir / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path, "cache manifest") if path.exists() else None
 
 
 def describe_cache(what: str, data: DataConfig, cache_dir: Path) -> list[str]:

@@ -4,7 +4,6 @@ compute, sample grids, FID vs training step, the sanity scale and the paper's nu
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from pixbench.errors import UserError
 from pixbench.eval.stats import mean_std
 from pixbench.report.dataset import not_about, paper_dataset
 from pixbench.report.plots import fig_path
+from pixbench.runio import load_arrays, read_json
 
 PAPER_GEN = ("Paper [S]: DiT-style models on 32x32 VQGAN latents of 256x256 ImageNet — PiT-L "
              "(pixel tokens, 1024) FID **4.05** vs DiT-L/2 (256 tokens) **4.16**; better on 3 of "
@@ -24,7 +24,18 @@ PAPER_GEN = ("Paper [S]: DiT-style models on 32x32 VQGAN latents of 256x256 Imag
 
 
 def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path, "metrics") if path.exists() else None
+
+
+def _images(path: Path, keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Two arrays of an .npz a task wrote (samples.npz, reconstructions.npz): read without
+    pickles (an object array is refused, naming the file) and checked to hold uint8 images
+    (N, C, H, W), so a tampered file is one line, not a traceback in the plotting."""
+    arrays = load_arrays(path, "image arrays")
+    got = [arrays.get(k) for k in keys]
+    if any(a is None for a in got) or got[0].dtype != np.uint8 or got[0].ndim != 4:
+        raise UserError(f"{path}: expected uint8 image arrays {', '.join(keys)}")
+    return got[0], got[1]
 
 
 def _check(params: Params, path: Path, m: dict, expect: str) -> None:
@@ -45,9 +56,10 @@ def tokenizer_section(params: Params, runs: Path, fig_dir: Path, rel: str) -> li
     _check(params, runs / ev_spec.run_id / "metrics.json", ev, ev_spec.digest())
     _check(params, runs / vq_spec.run_id / "metrics.json", train, vq_spec.digest())
     cfg = vq_spec.vq
-    rec = np.load(runs / ev_spec.run_id / "reconstructions.npz")
+    orig, recon = _images(runs / ev_spec.run_id / "reconstructions.npz",
+                          ("original", "reconstruction"))
     name = f"gen_{params.profile}_tokenizer_reconstructions.png"
-    save_grid(interleave(rec["original"][:16], rec["reconstruction"][:16], 8),
+    save_grid(interleave(orig[:16], recon[:16], 8),
               fig_path(fig_dir, name), ncol=8, zoom=3)
     side = vq_spec.data.image_size // cfg.downsample
     source = "imported (" + cfg.pretrained.path + ")" if cfg.pretrained else (
@@ -131,8 +143,7 @@ def sample_grids(rows: list[dict], fig_dir: Path, rel: str, profile: str) -> lis
     lines = []
     seed0 = min(r["seed"] for r in rows)
     for r in sorted((r for r in rows if r["seed"] == seed0), key=lambda r: (r["size"], r["patch"])):
-        data = np.load(r["_dir"] / "samples.npz")
-        images, labels = data["images"], data["labels"]
+        images, labels = _images(r["_dir"] / "samples.npz", ("images", "labels"))
         k = int(labels.max()) + 1
         picks = [np.flatnonzero(labels == c)[:4] for c in range(k)]
         grid = np.stack([images[p[i]] for i in range(4) for p in picks])  # row i: class 0..k-1
@@ -166,8 +177,7 @@ def plot_fid_curve(rows: list[dict], fig_dir: Path, profile: str) -> str | None:
 def gen_section(params: Params, runs: Path, out_dir: Path, rel: str) -> list[str]:
     if params.active.gen is None or params.gen_sweep is None:
         return []
-    fig_dir = out_dir / rel
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / rel  # made by the first figure written (nothing when refused before)
     lines = tokenizer_section(params, runs, fig_dir, rel)
     rows = collect_dit(params, runs)
     if not lines and not rows:

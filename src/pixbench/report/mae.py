@@ -3,7 +3,6 @@ linear probe, reconstruction losses and a reconstruction figure per patch size."
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from pixbench.errors import UserError
 from pixbench.eval.stats import fmt_ms, fmt_welch, welch
 from pixbench.paper import MAE_NOTE, MAE_TABLE
 from pixbench.report.dataset import not_about, paper_dataset
+from pixbench.runio import read_json
 
 TASKS = ("mae-pretrain", "mae-scratch", "mae-finetune", "mae-linprobe")
 
@@ -27,7 +27,7 @@ def collect_mae_runs(runs_dir: Path, params: Params) -> list[dict]:
         path = runs_dir / run.run_id / "metrics.json"
         if run.task not in TASKS or not path.exists():
             continue
-        m = json.loads(path.read_text())
+        m = read_json(path, "metrics")
         if m.get("spec_digest") != run.spec.digest():
             raise UserError(f"{path.parent}: refused, made with other settings than params.yaml; "
                             "re-run it (dvc repro) or remove it")

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pixbench.eval.stats import mean_std
-from pixbench.runio import atomic_write_bytes
+from pixbench.runio import atomic_write_bytes, load_arrays
 
 
 def _plt():
@@ -135,13 +135,11 @@ def plot_time(groups: dict[tuple, list[dict]], out_dir: Path, stem: str) -> str:
 def plot_reconstructions(items: list[tuple[str, Path]], out_dir: Path, stem: str,
                          images: int = 4) -> str:
     """A grid: one row per run (patch size), (masked, reconstruction, original) per image."""
-    import numpy as np
-
     _, plt = _plt()
     fig, axes = plt.subplots(len(items), 3 * images, figsize=(1.0 * 3 * images, 1.15 * len(items)),
                              squeeze=False)
     for row, (label, path) in enumerate(items):
-        rec = np.load(path)
+        rec = load_arrays(path, "reconstructions")  # no pickles: an object array is refused
         for i in range(images):
             for j, kind in enumerate(("masked", "reconstruction", "original")):
                 ax = axes[row][3 * i + j]

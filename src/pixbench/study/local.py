@@ -38,15 +38,20 @@ DEFAULT_COST_S = 10.0  # a cell with no recorded wall time (new, or an eval that
 # ---------------------------------------------------------------------------- in the workers
 
 
-def _init_worker(threads: int, cwd: str) -> None:
+_PARENT: int | None = None  # in a worker: the `study run` process that started it
+
+
+def _init_worker(threads: int, cwd: str, parent: int) -> None:
     """Pin the intra-op threads before torch starts its OpenMP pool (spawned: nothing imported).
     Stopping is the parent's to decide: Ctrl-C reaches the whole process group, so a worker
-    ignores SIGINT and gets SIGTERM from the parent (or from the kernel when the parent dies),
-    on which its cell checkpoints at the next step boundary (tasks/signals.py)."""
-    from pixbench.tasks.signals import die_with_parent
+    ignores SIGINT and gets SIGTERM from the parent (or from the kernel when the parent dies,
+    nohup or not), on which its cell checkpoints at the next step boundary (tasks/signals.py)."""
+    from pixbench.tasks.signals import worker_dies_with
 
+    global _PARENT
+    _PARENT = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    worker_dies_with(parent, signal.SIGTERM)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.chdir(cwd)
     import torch
@@ -72,13 +77,25 @@ def _output_to(log: Path):
 def _run_cell(job, log: str) -> float:
     """Run one launch.TaskJob with its output in `log`; its wall seconds."""
     start = time.perf_counter()
-    with _output_to(Path(log)):
-        try:
-            job()
-        except BaseException:
-            traceback.print_exc()
-            raise
+    try:
+        with _output_to(Path(log)):
+            try:
+                job()
+            except BaseException:
+                traceback.print_exc()
+                raise
+    finally:
+        _end_if_orphaned()
     return time.perf_counter() - start
+
+
+def _end_if_orphaned() -> None:
+    """After a cell: a worker whose parent died (the cell took the SIGTERM and checkpointed)
+    ends now. It would otherwise wait forever for the next cell on the pool's pipe, which it
+    keeps open itself, and keep multiprocessing's resource tracker alive with it."""
+    if _PARENT is not None and os.getppid() != _PARENT:
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------- in the parent
@@ -144,7 +161,7 @@ def run_cells(cells: list, *, jobs: int, threads: int, folder: Path, paths,
     folder.mkdir(parents=True, exist_ok=True)
     abs_paths = _abs_paths(paths)
     pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads, os.getcwd()))
+                               initargs=(threads, os.getcwd(), os.getpid()))
     running: dict = {}
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:

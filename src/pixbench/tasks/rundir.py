@@ -13,6 +13,7 @@ nothing, and checks the run dir again under it before discarding a stale one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from pixbench.config.schema import spec_diff
 from pixbench.errors import UserError
-from pixbench.runio import CKPT_NAME, atomic_write_json, read_json, under_root
+from pixbench.runio import (CKPT_NAME, atomic_write_json, read_json, real_dir, under_root,
+                            writable_dir)
 
 METRICS = "metrics.json"
 
@@ -42,8 +44,13 @@ class RunLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by children
+        writable_dir(self.path.parent)
+        try:  # O_NOFOLLOW: a link planted at the lock's name is not truncated through
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:  # not inherited by children (O_CLOEXEC is Python's default)
+            raise UserError(f"{self.path}: cannot open the run-dir lock ("
+                            f"{'a symbolic link' if exc.errno == errno.ELOOP else exc.strerror})"
+                            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,6 +90,7 @@ def finished_metrics(run_dir: Path, spec, stale: str, root: Path, *, delete: boo
     spec_path = run_dir / "spec.json"
     if not run_dir.exists() and not run_dir.is_symlink():
         return None
+    refuse_links_out(run_dir, root)
     if spec_path.exists():
         old = read_json(spec_path, "run spec")
         if old.get("digest") == spec.digest():
@@ -99,6 +107,22 @@ def finished_metrics(run_dir: Path, spec, stale: str, root: Path, *, delete: boo
     return None
 
 
+def refuse_links_out(run_dir: Path, root: Path) -> None:
+    """No symbolic link in the run dir leads out of the runs dir `root`: the run would write
+    through it (ckpt/ -> elsewhere gets last.pt) or reuse what it points at (metrics.json ->
+    elsewhere is re-published). Checked before anything is read or written."""
+    base = Path(root).resolve()
+    for dirpath, dirnames, filenames in os.walk(run_dir):  # links are listed, not descended
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            if not entry.is_symlink():
+                continue
+            real = entry.resolve()
+            if real != base and base not in real.parents:
+                raise UserError(f"{entry}: a symbolic link out of {root} (to "
+                                f"{os.readlink(entry)}); remove it, or the run dir")
+
+
 def dvc_file(paths, kind: str, profile: str, run_id: str) -> Path:
     """reports/{metrics,curves}/<profile>/<run_id>.json: one place for the DVC-facing names."""
     return Path(paths.reports_dir) / kind / profile / f"{run_id}.json"
@@ -108,10 +132,14 @@ def publish(paths, spec, metrics: dict, curve_path: Path) -> None:
     """The DVC-facing copies of a run's results, beside its run dir: the numeric metrics and
     the learning curve, which each stage declares as `metrics:` and `plots:` (cache: false),
     so `dvc metrics show/diff`, `dvc plots` and `dvc exp show` list them per cell."""
-    atomic_write_json(dvc_file(paths, "metrics", spec.profile, spec.run_id), headline(metrics))
+    files = {dvc_file(paths, "metrics", spec.profile, spec.run_id): headline(metrics)}
     if curve_path.exists():
-        atomic_write_json(dvc_file(paths, "curves", spec.profile, spec.run_id),
-                          read_json(curve_path, "curve"))
+        files[dvc_file(paths, "curves", spec.profile, spec.run_id)] = read_json(curve_path,
+                                                                                "curve")
+    for path in files:  # both targets checked before the first write
+        real_dir(path.parent, paths.reports_dir)
+    for path, obj in files.items():
+        atomic_write_json(path, obj, root=paths.reports_dir)
 
 
 def headline(metrics: dict) -> dict:

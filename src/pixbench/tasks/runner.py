@@ -40,9 +40,9 @@ from torch import nn
 from pixbench import distributed
 from pixbench.errors import UserError
 from pixbench.runio import (CKPT_NAME, atomic_write_bytes, atomic_write_json, load_checkpoint,
-                            read_json, run_manifest, save_checkpoint)
+                            read_json, run_manifest, save_checkpoint, writable_dir)
 from pixbench.tasks.guards import finite_loss, float_tensors, nonfinite
-from pixbench.tasks.rundir import METRICS, RunLock, finished_metrics, publish
+from pixbench.tasks.rundir import METRICS, RunLock, finished_metrics, publish, remove_run_dir
 from pixbench.tasks.signals import STOP, Interrupted, signal_name
 
 
@@ -108,6 +108,7 @@ class Run:
         self._lock = RunLock(self.dir)
         self._claimed = False
         self._saved_step: int | None = None  # the step of the checkpoint on disk
+        self._ckpt: dict | None = None  # ckpt/last.pt as read (and checked) by `_claim`
 
     @classmethod
     def open(cls, spec, paths, *, stale: str = "error", device: str = "auto",
@@ -147,27 +148,51 @@ class Run:
         is written or restored: it claims the run dir."""
         self._claim()
         if self.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.dir / "spec.json",
-                              {"digest": self.spec.digest(), "spec": self.spec.canonical()})
-            atomic_write_json(self.dir / "manifest.json",
-                              {**run_manifest(getattr(self.spec, "seed", None), str(self.device)),
-                               "world_size": distributed.world_size(), **extra})
+            writable_dir(self.dir, self.paths.runs_dir)
+            self.write_json("spec.json", {"digest": self.spec.digest(),
+                                          "spec": self.spec.canonical()})
+            self.write_json("manifest.json",
+                            {**run_manifest(getattr(self.spec, "seed", None), str(self.device)),
+                             "world_size": distributed.world_size(), **extra})
 
     def _claim(self) -> None:
-        """Before the first write: take the run-dir lock (rank 0; another holder is a one-line
-        refusal), check the run dir again under it and discard a stale one."""
+        """Before the first write: read the checkpoint to resume from (rank 0), take the run-dir
+        lock (another holder is a one-line refusal), check the run dir again under it and
+        discard a stale one (also one whose checkpoint is another spec's, with --stale
+        restart)."""
         if self._claimed:
             return
         self._claimed = True
 
         def claim() -> None:
+            bad = self._check_ckpt()
             self._lock.acquire()
             if finished_metrics(self.dir, self.spec, self.stale, self.paths.runs_dir, delete=True):
                 raise UserError(f"{self.dir} was finished by another process meanwhile; run "
                                 "the same command again to reuse it")
+            if bad and self.dir.exists():
+                remove_run_dir(self.dir, self.paths.runs_dir)
 
         _on_main(claim)
+
+    def _check_ckpt(self) -> bool:
+        """Read ckpt/last.pt, when there is one, for `restore`, before anything is written. One
+        that does not load is refused whatever --stale says (damage, not staleness: deleting
+        it is the user's call); another spec's is refused, or reported (True) for --stale
+        restart to discard."""
+        if not self.ckpt_path.exists():
+            return False
+        try:
+            ckpt = load_checkpoint(self.ckpt_path)
+        except UserError as exc:
+            raise UserError(f"{exc}; remove {self.dir} to start the run over") from None
+        try:
+            self._ckpt = self._checked(ckpt)
+        except UserError as exc:
+            if self.stale == "restart":
+                return True
+            raise UserError(f"{exc}; pass --stale restart to discard the run dir") from None
+        return False
 
     # ---------------------------------------------------------------------- checkpoint
 
@@ -181,13 +206,18 @@ class Run:
         STOP.arm(self)
         return state
 
-    def _load(self, modules: dict) -> State:
-        ckpt = load_checkpoint(self.ckpt_path)
+    def _checked(self, ckpt: Any) -> dict:
+        """A pixbench checkpoint of this spec, or a UserError naming the file."""
         if not isinstance(ckpt, dict) or "modules" not in ckpt or "spec_digest" not in ckpt:
             raise UserError(f"{self.ckpt_path}: not a pixbench checkpoint")
         if ckpt["spec_digest"] != self.spec.digest():
             raise UserError(f"{self.ckpt_path}: checkpoint was written for another spec "
-                            f"({ckpt['spec_digest']} != {self.spec.digest()}); pass --stale restart")
+                            f"({ckpt['spec_digest']} != {self.spec.digest()})")
+        return ckpt
+
+    def _load(self, modules: dict) -> State:
+        ckpt = self._ckpt or self._checked(load_checkpoint(self.ckpt_path))  # other ranks
+        self._ckpt = None
         try:
             for name, obj in modules.items():
                 _unwrap(obj).load_state_dict(ckpt["modules"][name])
@@ -274,17 +304,17 @@ class Run:
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.is_main:
-            atomic_write_json(self.dir / name, obj)
+            atomic_write_json(self.dir / name, obj, root=self.paths.runs_dir)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         if self.is_main:
-            atomic_write_bytes(self.dir / name, data)
+            atomic_write_bytes(self.dir / name, data, root=self.paths.runs_dir)
 
     def write_torch(self, name: str, obj: Any) -> None:
         """A torch file handed to users (weights): tensors and plain containers only, so it
         loads with weights_only=True."""
         if self.is_main:
-            save_checkpoint(self.dir / name, obj)
+            save_checkpoint(self.dir / name, obj)  # below runs_dir: Paths announced it
 
     def finish(self, metrics: dict, *, curve: list[dict] | None = None,
                **json_files: Any) -> dict:

@@ -18,6 +18,8 @@ from pixbench.config.pipeline import sweep_runs
 from pixbench.errors import UserError
 from pixbench.runio import atomic_write_json, git_state, read_json
 from pixbench.verify.compare import RESULTS, describe, judge
+from pixbench.verify.conclusions import check as check_conclusions
+from pixbench.verify.conclusions import conclude, run_gate
 from pixbench.verify.machine import describe as describe_kind
 from pixbench.verify.machine import machine_kind, same_kind, this_machine
 
@@ -46,8 +48,9 @@ def _write(paths: Paths, profile: str, result: dict) -> None:
 
 
 def collect(params: Params, paths: Paths, here: dict) -> dict:
-    """The result numbers of every run of the current sweep, grouped, with the machine kind.
-    Refuses a missing run or one made with other settings (its spec digest)."""
+    """The result numbers of every run of the current sweep, grouped, with the machine kind, each
+    run's validity-gate facts (conclusions.run_gate) and the pinned instruments. Refuses a
+    missing run or one made with other settings (its spec digest)."""
     groups, manifests, missing, shas = {}, [], [], set()
     for run in sweep_runs(params):
         if run.task not in RESULTS:
@@ -60,6 +63,8 @@ def collect(params: Params, paths: Paths, here: dict) -> dict:
         if m.get("spec_digest") != run.spec.digest():
             raise UserError(f"{run_dir}: made with other settings than params.yaml (spec "
                             "digest); re-run it (dvc repro) or remove it")
+        if m.get("pretrained") and run.task == "vq":
+            continue  # an imported tokenizer trained nothing: vq-eval judges it
         absent = [k for k in RESULTS[run.task] if not isinstance(m.get(k), (int, float))]
         if absent:
             raise UserError(f"{run_dir / 'metrics.json'}: no number for {', '.join(absent)}")
@@ -67,16 +72,29 @@ def collect(params: Params, paths: Paths, here: dict) -> dict:
             if (run_dir / "manifest.json").exists() else {}
         manifests.append(man)
         shas.add(f"{man.get('git_sha')}{'+dirty' if man.get('git_dirty') else ''}")
+        curve = run_dir / "curve.json"
+        rows = read_json(curve, "curve") if curve.is_file() else None
         entry = groups.setdefault(run.group, {"task": run.task, "runs": []})
         entry["runs"].append({"run_id": run.run_id, "seed": run.seed,
                               "spec_digest": m["spec_digest"],
-                              "values": {k: m[k] for k in RESULTS[run.task]}})
+                              "values": {k: m[k] for k in RESULTS[run.task]},
+                              "gate": run_gate(m, rows if isinstance(rows, list) else None)})
     if missing:
         raise UserError(f"{len(missing)} run(s) of the current sweep have no results "
                         f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}) under "
                         f"{paths.runs_dir}/{params.profile}: run `dvc repro` first")
     return {"format": FORMAT, "profile": params.profile, "machine": machine_kind(manifests, here),
-            "git_sha": sorted(shas), "seeds": _seeds(params), "groups": groups}
+            "git_sha": sorted(shas), "seeds": _seeds(params), "groups": groups,
+            "instruments": _pinned(params)}
+
+
+def _pinned(params: Params) -> dict | None:
+    """The sha256 of the fixed tokenizer and FeatNet the generation cells use, or None."""
+    gen = params.active.gen
+    if gen is None:
+        return None
+    return {"tokenizer": gen.vq.pretrained.sha256 if gen.vq.pretrained else None,
+            "featnet": gen.featnet.pretrained.sha256 if gen.featnet.pretrained else None}
 
 
 def _seeds(params: Params) -> dict:
@@ -97,47 +115,96 @@ def update_reference(params: Params, paths: Paths, fresh: dict) -> dict:
 
 
 def compare(params: Params, paths: Paths, fresh: dict) -> dict:
-    """Judge `fresh` against the reference; write and print the verdicts; the result dict."""
+    """Judge `fresh` against the reference, its conclusions first, then its numbers; write and
+    print the verdicts; the result dict."""
     ref_file = reference_path(paths, params.profile)
     out = result_path(paths, params.profile)
-    if not ref_file.exists():  # a new dataset or profile: nothing to reproduce yet
-        print(f"no reference for profile {params.profile} ({ref_file}): nothing to compare; "
-              "write one with `pixbench verify --update-reference`")
-        result = {"profile": params.profile, "reference": None, "reproduced": 0, "cells": 0,
-                  "departures": 0}
-        _write(paths, params.profile, result)
-        return {"run_id": "verify", **result, "path": str(out)}
-    ref = read_json(ref_file, "reference")
-    if ref.get("format") != FORMAT or not isinstance(ref.get("groups"), dict):
-        raise UserError(f"{ref_file}: not a pixbench reference of format {FORMAT}; rewrite it "
-                        "with `pixbench verify --update-reference`")
+    if not ref_file.exists():
+        return _no_reference(params, paths, ref_file)
+    ref = _read_reference(ref_file, fresh)
     try:
         bitwise = same_kind(ref["machine"], fresh["machine"])
         cells = judge(ref, fresh, params.verify, bitwise)
+        checks = check_conclusions([c.as_dict() for c in conclude(ref["groups"],
+                                                                   params.verify.alpha)],
+                                   conclude(fresh["groups"], params.verify.alpha))
     except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or truncated file
         raise UserError(f"{ref_file}: malformed reference ({type(exc).__name__}: {exc}); "
                         "rewrite it with `pixbench verify --update-reference`") from None
     judged = [c for c in cells if c.ok is not None]
     departed = [c for c in judged if not c.ok]
+    broken = [c for c in checks if not c["held"]]
     print(f"reference: {describe_kind(ref['machine'])}, git {', '.join(ref['git_sha'])}")
     print(f"fresh:     {describe_kind(fresh['machine'])}, git {', '.join(fresh['git_sha'])}")
+    print(f"conclusions: {len(checks) - len(broken)} of {len(checks)} significant conclusions "
+          "of the reference held")
+    for c in checks:
+        print(f"{'held    ' if c['held'] else 'BROKEN  '}{c['statement']}: {c['why']}")
     print("same machine kind: bitwise equality expected where the spec is the same" if bitwise
-          else "another machine kind: statistical tolerance from the seed spread")
+          else "another machine kind: tolerance from the reference's seed and cross-kind spread")
     for cell in cells:
         print(describe(cell))
-    summary = f"reproduced {len(judged) - len(departed)} of {len(judged)} cells"
+    summary = (f"{len(checks) - len(broken)} of {len(checks)} conclusions held; reproduced "
+               f"{len(judged) - len(departed)} of {len(judged)} cells")
     print(summary + (f"; {len(departed)} departed" if departed else ""))
     result = {"profile": params.profile, "reference": str(ref_file), "bitwise": bitwise,
               "reproduced": len(judged) - len(departed), "cells": len(judged),
               "departures": len(departed), "no_reference": len(cells) - len(judged),
+              "conclusions": len(checks), "conclusions_held": len(checks) - len(broken),
               "machine": fresh["machine"], "reference_machine": ref["machine"],
-              "results": [c.as_dict() for c in cells]}
+              "conclusion_checks": checks, "results": [c.as_dict() for c in cells]}
     _write(paths, params.profile, result)
-    if departed:
-        raise UserError(f"verify: {summary}; departed: "
-                        + ", ".join(f"{c.group} {c.metric}" for c in departed) + f" (see {out})")
+    if departed or broken:
+        what = [f"{c['key']} ({c['why'].split(':')[0]})" for c in broken]
+        what += [f"{c.group} {c.metric}" for c in departed]
+        raise UserError(f"verify: {summary}; departed: " + ", ".join(what) + f" (see {out})")
     return {"run_id": "verify", "reproduced": result["reproduced"], "cells": result["cells"],
-            "departures": 0, "path": str(out)}
+            "conclusions_held": result["conclusions_held"], "departures": 0, "path": str(out)}
+
+
+def _no_reference(params: Params, paths: Paths, ref_file: Path) -> dict:
+    """A profile that never had a reference (a new dataset): a distinct, visible outcome. A
+    reference that git knows but the disk lacks is missing evidence: refused."""
+    if _tracked(ref_file):
+        raise UserError(f"{ref_file}: the committed reference is missing; restore it "
+                        f"(git checkout -- {ref_file}) or rewrite it with "
+                        "`pixbench verify --update-reference`")
+    print(f"no reference for profile {params.profile} ({ref_file}): nothing to compare; "
+          "write one with `pixbench verify --update-reference`")
+    result = {"profile": params.profile, "reference": None, "reproduced": 0, "cells": 0,
+              "departures": 0}
+    _write(paths, params.profile, result)
+    return {"run_id": "verify", **result, "path": str(result_path(paths, params.profile))}
+
+
+def _tracked(path: Path) -> bool:
+    """Whether git tracks `path` (False outside a git work tree)."""
+    import subprocess
+
+    path = Path(path).absolute()
+    cwd = next(p for p in path.parents if p.is_dir())
+    try:
+        res = subprocess.run(["git", "ls-files", "--error-unmatch", str(path)], cwd=cwd,
+                             capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+def _read_reference(ref_file: Path, fresh: dict) -> dict:
+    """The reference, refused when of another format or when it lacks a group of the current
+    sweep (evidence lost, or a sweep that grew since it was written)."""
+    ref = read_json(ref_file, "reference")
+    if ref.get("format") != FORMAT or not isinstance(ref.get("groups"), dict):
+        raise UserError(f"{ref_file}: not a pixbench reference of format {FORMAT}; rewrite it "
+                        "with `pixbench verify --update-reference`")
+    lost = [g for g in fresh["groups"] if g not in ref["groups"]]
+    if lost:
+        raise UserError(f"{ref_file}: no reference for {', '.join(lost[:3])}"
+                        f"{', ...' if len(lost) > 3 else ''} (lost from the reference, or the "
+                        "sweep grew): restore it or rewrite it with `pixbench verify "
+                        "--update-reference`")
+    return ref
 
 
 def run(spec, paths: Paths, *, stale: str = "error", device: str = "auto",

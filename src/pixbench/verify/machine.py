@@ -10,6 +10,7 @@ kernel capability, the torch version, the intra-op threads, and the device (GPU 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # The /proc/cpuinfo flags that select different kernels (vector width, bf16/int8 dot products,
@@ -17,7 +18,7 @@ from pathlib import Path
 ISA_FLAGS = ("fma", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile",
              "amx_bf16", "amx_int8")
 # Fields of a run's manifest.json (runio.run_manifest) that are part of the kind.
-RUN_FIELDS = ("cpu", "device", "gpu", "torch", "threads")
+RUN_FIELDS = ("cpu", "vendor", "kernels", "device", "gpu", "torch", "threads")
 MIXED = "mixed"
 
 
@@ -49,7 +50,10 @@ def this_machine() -> dict:
 
 def run_facts(manifest: dict) -> dict:
     """The RUN_FIELDS of one run's manifest.json."""
-    return {"cpu": manifest.get("cpu"), "device": manifest.get("device"),
+    kernels = manifest.get("kernels")
+    return {"cpu": manifest.get("cpu"), "vendor": manifest.get("cpu_vendor"),
+            "kernels": json.dumps(kernels, sort_keys=True) if kernels is not None else None,
+            "device": manifest.get("device"),
             "gpu": manifest.get("gpu"), "torch": manifest.get("versions", {}).get("torch"),
             "threads": manifest.get("torch_threads")}
 
@@ -78,5 +82,10 @@ def same_kind(a: dict, b: dict) -> bool:
 def describe(kind: dict) -> str:
     flags = "/".join(kind.get("isa_flags") or []) or "flags unknown"
     where = kind.get("gpu") or f"{kind.get('cpu')} ({kind.get('capability') or '?'}; {flags})"
+    kernels = kind.get("kernels")
+    set_env = ""
+    if kernels and kernels != MIXED:
+        env = {k: v for k, v in json.loads(kernels).items() if v and k != "aten_capability"}
+        set_env = ", " + " ".join(f"{k}={v}" for k, v in sorted(env.items())) if env else ""
     return (f"{where}, device {kind.get('device')}, torch {kind.get('torch')}, "
-            f"{kind.get('threads')} threads")
+            f"{kind.get('threads')} threads{set_env}")

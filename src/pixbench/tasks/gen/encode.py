@@ -5,9 +5,11 @@ per item in DataLoader worker processes (`prepare.decode_file`: the very pixels 
 --gen` would cache), as fast-DiT's extract_features does: no 256px cache of the whole dataset
 is needed. Other sources read the memory-mapped gen cache, one chunk of rows at a time.
 
-Writing. The latents and codes files are preallocated `.npy` memmaps in a temp dir of the run;
-ranks encode contiguous runs of fixed CHUNK-row chunks (the same rows and batches whatever the
-world size, so 1 and N ranks write the same bytes) straight into their disjoint row ranges.
+Writing. The latents and codes files are preallocated `.npy` files (every block reserved up
+front, rows written by pwrite: data/npyfile.py) in a temp dir of the run, so a full disk is one
+line before any encoding and never a SIGBUS; ranks encode contiguous runs of fixed CHUNK-row
+chunks (the same rows and batches whatever the world size, so 1 and N ranks write the same
+bytes) straight into their disjoint row ranges.
 After a barrier rank 0 hashes them, moves them into the run dir and writes the manifest last:
 the manifest is the commit point, a killed encode leaves no manifest and starts over.
 The scale factor is 1 / std of the train latents, accumulated over chunks in float64.
@@ -15,6 +17,8 @@ The scale factor is 1 / std of the train latents, accumulated over chunks in flo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -24,13 +28,17 @@ import numpy as np
 import torch
 
 from pixbench import distributed
+from pixbench.data import npyfile
 from pixbench.data.prepare import decode_file
 from pixbench.data.sources import FolderSplit, check_same_classes, scan_image_folder, shown
 from pixbench.errors import UserError
 from pixbench.models.vqgan import code_stats_from_counts
 from pixbench.tasks.gen.tokenizer import CHUNK, encode_chunk, latent_geometry
+from pixbench.tasks.signals import worker_dies_with
 
 TMP_DIR = ".encode-tmp"
+LATENT_FILES = tuple(f"{s}_{k}.npy" for s in ("train", "val")
+                     for k in ("latents", "codes", "labels"))
 
 
 class FolderImages(torch.utils.data.Dataset):
@@ -62,13 +70,21 @@ def loader_workers() -> int:
     return max(0, min(8, cpus - 1))
 
 
+def _decoder(parent: int, _: int) -> None:
+    """A decode worker ends with the encode (killed, OOM) at once, not at torch's next 5 s
+    check of its parent."""
+    worker_dies_with(parent)
+
+
 def folder_chunks(fs: FolderSplit, idx: np.ndarray, rows: range, size: int,
                   channels: int) -> Iterator[np.ndarray]:
     """uint8 (b, size, size, C) batches of CHUNK rows over `rows` (a run of whole chunks)."""
     ds = torch.utils.data.Subset(FolderImages(fs, idx, size, channels), rows)
     workers = min(loader_workers(), -(-len(rows) // CHUNK))  # no idle decode processes
-    loader = torch.utils.data.DataLoader(ds, batch_size=CHUNK, shuffle=False,
-                                         num_workers=workers, prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=CHUNK, shuffle=False, num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(_decoder, os.getpid()))
     for batch in loader:
         yield batch.numpy()
 
@@ -86,33 +102,49 @@ def my_rows(n: int) -> range:
 
 
 def allocate(tmp: Path, split: str, n: int, model, size: int) -> None:
-    """Rank 0 preallocates the split's latents (n, c, h, w) float32 and codes (n, h, w) int32."""
+    """Rank 0 preallocates the split's latents (n, c, h, w) float32 and codes (n, h, w) int32,
+    every block reserved (a full disk: OSError ENOSPC naming the file, before encoding)."""
     c, f = latent_geometry(model)
     h = size // f
     for kind, dtype, shape in (("latents", np.float32, (n, c, h, h)),
                                ("codes", np.int32, (n, h, h))):
-        mm = np.lib.format.open_memmap(tmp / f"{split}_{kind}.npy", mode="w+", dtype=dtype,
-                                       shape=shape)
-        del mm  # the header and the file size are on disk; ranks fill the rows
+        npyfile.create(tmp / f"{split}_{kind}.npy", dtype, shape)
 
 
 @torch.no_grad()
 def encode_into(model, tmp: Path, split: str, batches: Iterator[np.ndarray], rows: range,
                 device: torch.device) -> None:
-    """Encode this rank's batches into its rows of the preallocated files."""
-    lat = np.load(tmp / f"{split}_latents.npy", mmap_mode="r+")
-    codes = np.load(tmp / f"{split}_codes.npy", mmap_mode="r+")
+    """Encode this rank's batches into its rows of the preallocated files (pwrite: no memory
+    map, so a disk that still runs out is an OSError, not a SIGBUS)."""
+    files = {kind: tmp / f"{split}_{kind}.npy" for kind in ("latents", "codes")}
+    offsets = {kind: npyfile.data_offset(path) for kind, path in files.items()}
     start = rows.start
     for x in batches:
         z, q = encode_chunk(model, x, device)  # (b, c, h, w), (b, h, w)
-        lat[start:start + len(x)] = z.numpy()
-        codes[start:start + len(x)] = q.numpy()
+        npyfile.write_rows(files["latents"], offsets["latents"], start,
+                           z.numpy().astype(np.float32, copy=False))
+        npyfile.write_rows(files["codes"], offsets["codes"], start,
+                           q.numpy().astype(np.int32, copy=False))
         start += len(x)
     if start != rows.stop:
         raise RuntimeError(f"{split}: encoded rows up to {start}, expected {rows.stop}")
-    lat.flush()
-    codes.flush()
-    del lat, codes
+
+
+@contextlib.contextmanager
+def nothing_half_written(run_dir: Path):
+    """An encode or commit that fails (a full disk, a quota, an unreadable image): the temp dir
+    and every latents file in the run dir are removed (no latents without their manifest), and
+    a failed write is one line naming the file."""
+    try:
+        yield
+    except (OSError, UserError) as exc:
+        shutil.rmtree(run_dir / TMP_DIR, ignore_errors=True)
+        for name in LATENT_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{exc.filename or run_dir / TMP_DIR}: cannot write the latents "
+                        f"({exc.strerror or exc}); nothing was kept") from None
 
 
 def latent_std(path: Path) -> float:

@@ -25,7 +25,7 @@ from pixbench import distributed
 from pixbench.config import Paths
 from pixbench.data.subsets import balanced_subset
 from pixbench.errors import UserError
-from pixbench.eval.fidelity import featnet_payload, to_net_input
+from pixbench.eval.fidelity import featnet_payload, load_featnet, to_net_input
 from pixbench.config import FeatNetSpec, FidConfig
 from pixbench.models.featnet import FeatNet
 from pixbench.runio import read_json
@@ -41,12 +41,15 @@ EVAL_CHUNK = 1000
 
 
 def featnet_path(paths: Paths, profile: str, ref: dict) -> Path:
-    """The checkpoint of the FID classifier `ref` ({run_id, digest}), checked against it."""
+    """The checkpoint of the FID classifier `ref` ({run_id, digest}), checked against it and
+    loaded once (missing, corrupt: a UserError naming it), so that a task asking for it
+    before its first write is refused with its run dir untouched."""
     run_dir = paths.run_dir(profile, ref["run_id"])
     spec = read_json(run_dir / "spec.json", "featnet spec")
     if spec.get("digest") != ref["digest"]:
         raise UserError(f"{run_dir / 'spec.json'}: FID classifier of another spec; re-run "
                         "`pixbench featnet train`")
+    load_featnet(run_dir / WEIGHTS_FILE)
     return run_dir / WEIGHTS_FILE
 
 
@@ -210,6 +213,8 @@ def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = 
         labels = np.asarray(ds.train_labels)
         tr_idx = balanced_subset(labels, cfg.train_subset, len(ds.classes))
         val_labels = np.asarray(ds.val_labels)
+        if cfg.pretrained is not None:
+            return _run_pinned(spec, r, ds, val_labels)
         r.describe()
         rc = Recipe(cfg.width, cfg.feature_dim, cfg.epochs, cfg.batch_size, cfg.lr, spec.seed)
         num_classes = int(max(labels[tr_idx].max(), val_labels.max() if len(val_labels) else 0)) + 1
@@ -232,3 +237,29 @@ def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = 
                    "seed": spec.seed, **scores, "steps": state.global_step,
                    "wall_s": state.wall_time_s, "spec_digest": spec.digest()}
         return r.finish(metrics, curve=state.history)
+
+
+def _run_pinned(spec: FeatNetSpec, r: Run, ds, val_labels: np.ndarray) -> dict:
+    """The committed FeatNet instead of a trained one (tasks/gen/instruments.py): its bytes are
+    copied into the run dir as they are, and its top-1 on this validation split is measured."""
+    from pixbench.eval.fidelity import featnet_meta, load_featnet
+    from pixbench.tasks.gen.instruments import check_pinned, locate
+
+    pre = spec.featnet.pretrained
+    src = locate(pre, r.paths, "featnet.pretrained")
+    check_pinned(pre, src, "featnet.pretrained")
+    model, meta = load_featnet(src), featnet_meta(src)
+    if meta.get("image_size") != ds.image_size or model.hparams["in_chans"] != ds.channels:
+        raise UserError(f"{src}: a FeatNet for {meta.get('image_size')} px, "
+                        f"{model.hparams['in_chans']} channels; gen.data gives "
+                        f"{ds.image_size} px, {ds.channels} (featnet.pretrained)")
+    r.describe()
+    t0 = time.perf_counter()
+    acc = top1(model.to(r.device), ds.val_images,
+               torch.tensor(np.asarray(val_labels), dtype=torch.long), r.device)
+    r.write_bytes(WEIGHTS_FILE, src.read_bytes())
+    metrics = {"run_id": spec.run_id, "task": "featnet", "profile": spec.profile,
+               "seed": spec.seed, "pretrained": True, "val_top1": acc, "train_s": 0.0,
+               "params": sum(p.numel() for p in model.parameters()), "steps": 0,
+               "wall_s": time.perf_counter() - t0, "spec_digest": spec.digest()}
+    return r.finish(metrics, curve=[])

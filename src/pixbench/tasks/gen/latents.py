@@ -13,6 +13,7 @@ ranks in fixed chunks (tokenizer.encode_sharded) and gathered, and only rank 0 s
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import sys
@@ -58,9 +59,29 @@ def read_manifest(paths: Paths, profile: str, tokenizer: dict) -> dict:
     """The latents manifest of `tokenizer` ({run_id, digest}), checked against it."""
     path = latents_dir(paths, profile, tokenizer["run_id"]) / LATENTS_MANIFEST
     man = read_json(path, "latents manifest")
-    if man.get("tokenizer_digest") != tokenizer["digest"]:
+    if not isinstance(man, dict) or man.get("tokenizer_digest") != tokenizer["digest"]:
         raise UserError(f"{path}: latents of another tokenizer spec; re-run `pixbench vq encode`")
+    bad = [k for k, ok in _MANIFEST_FIELDS.items() if not ok(man.get(k))]
+    if bad:
+        raise UserError(f"{path}: latents manifest without a valid {', '.join(bad)}; re-run "
+                        "`pixbench vq encode`")
     return man
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+# What the readers of a latents manifest use (dit, sampling, load_latents), checked once here:
+# a hand-edited manifest is one line naming the field, not a KeyError mid-run.
+_MANIFEST_FIELDS = {
+    "scale_factor": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    and math.isfinite(v) and v > 0,
+    "latent_shape": lambda v: isinstance(v, list) and len(v) == 3 and all(map(_positive_int, v)),
+    "num_classes": _positive_int,
+    "files": lambda v: isinstance(v, dict) and all(
+        isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in v.values()),
+}
 
 
 def _drop_other_tokenizer(out: Path, weights: Path, root: Path) -> None:
@@ -88,21 +109,24 @@ def run_encode(spec: EncodeSpec, paths: Paths, *, stale: str = "error", device: 
         source = _Source(spec, paths, model.config.in_channels)
         weights_sha = sha256_file(tok / WEIGHTS)
         r.describe()
-        tmp = enc.fresh_tmp(r.dir)
-        t0 = time.perf_counter()
-        for split in ("train", "val"):
-            n = len(source.idx[split])
-            if r.is_main:
-                enc.allocate(tmp, split, n, model, spec.data.image_size)
+        with enc.nothing_half_written(r.dir):  # a full disk: one line, no latents left
+            tmp = enc.fresh_tmp(r.dir)
+            t0 = time.perf_counter()
+            for split in ("train", "val"):
+                n = len(source.idx[split])
+                if r.is_main:
+                    enc.allocate(tmp, split, n, model, spec.data.image_size)
+                distributed.barrier()
+                rows = enc.my_rows(n)
+                enc.encode_into(model, tmp, split, source.batches(split, rows), rows, r.device)
+                if progress and r.is_main:
+                    print(f"{spec.run_id}: encoded {split} ({n} images)", file=sys.stderr,
+                          flush=True)
             distributed.barrier()
-            rows = enc.my_rows(n)
-            enc.encode_into(model, tmp, split, source.batches(split, rows), rows, r.device)
-            if progress and r.is_main:
-                print(f"{spec.run_id}: encoded {split} ({n} images)", file=sys.stderr, flush=True)
-        distributed.barrier()
-        manifest = {}
-        if r.is_main:
-            manifest = _commit(spec, r, tmp, source, model, weights_sha, time.perf_counter() - t0)
+            manifest = {}
+            if r.is_main:
+                manifest = _commit(spec, r, tmp, source, model, weights_sha,
+                                   time.perf_counter() - t0)
         return r.finish(from_main(manifest))
 
 
@@ -172,7 +196,8 @@ def load_latents(paths: Paths, profile: str, tokenizer: dict, split: str,
     for kind in ("latents", "labels"):
         name = f"{split}_{kind}.npy"
         path = where / name
-        if verify and (not path.is_file() or sha256_file(path) != man["files"][name]["sha256"]):
+        want = man["files"].get(name, {}).get("sha256")
+        if verify and (not path.is_file() or sha256_file(path) != want):
             raise UserError(f"{path}: missing or sha256 does not match the latents manifest")
         out.append(torch.from_numpy(np.load(path)))
     return out[0], out[1], man
@@ -197,6 +222,7 @@ def run_eval(spec: VQEvalSpec, paths: Paths, *, stale: str = "error", device: st
         vq_spec = read_json(paths.run_dir(spec.profile, spec.tokenizer["run_id"]) / "spec.json",
                             "tokenizer spec")["spec"]
         ds = gen_cache(paths, spec.profile, vq_spec["data"])
+        featnet_path(paths, spec.profile, spec.featnet)  # missing or corrupt: before any write
         r.describe()
         n = min(spec.eval_images, ds.val_images.shape[0])
         images = np.asarray(ds.val_images[:n])  # (n, H, W, C) uint8

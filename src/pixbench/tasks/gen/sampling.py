@@ -60,7 +60,7 @@ class SamplingContext:
     sample: SampleConfig
     fid: FidConfig
     featnet_weights: Path
-    ref_cache_name: str  # torch-fidelity's cache of the KID/PRC reference features
+    ref_cache_name: str  # names the cached KID/PRC reference features (eval/tfmetrics.py)
     paths: Paths
     profile: str
     data_spec: dict  # the gen cache's data spec: the reference images

@@ -20,6 +20,7 @@ from pixbench.data.cache import sha256_file
 from pixbench.errors import UserError
 from pixbench.runio import atomic_write_json, read_json
 from pixbench.tasks.gen.data import to_uint8, to_unit
+from pixbench.tasks.gen.instruments import check_pinned, locate
 from pixbench.tasks.gen.parallel import chunked
 
 TOKENIZER_DIR = "tokenizer"  # the diffusers folder inside a `vq train` run dir
@@ -71,24 +72,14 @@ def load_tokenizer(folder: Path, expect_digest: str | None = None):
     return model.eval()
 
 
-def _resolve(path: str, paths: Paths) -> Path:
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    if paths.data_root is None:
-        raise UserError(f"vq.pretrained.path={path} is relative but PIXBENCH_DATA_ROOT is not set")
-    return paths.data_root / p
-
-
 def import_pretrained(pre: PretrainedTokenizer, paths: Paths, cfg: VQConfig, channels: int):
     """A pretrained tokenizer from a diffusers folder or a taming/LDM checkpoint."""
     from diffusers import VQModel
 
     from pixbench.models.vqgan import configure_quantizer
 
-    src = _resolve(pre.path, paths)
-    if not src.exists():
-        raise UserError(f"vq.pretrained.path: {src} does not exist")
+    src = locate(pre, paths, "vq.pretrained")
+    check_pinned(pre, src, "vq.pretrained")
     try:
         if pre.format == "diffusers":
             model = VQModel.from_pretrained(src)

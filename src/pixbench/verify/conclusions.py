@@ -1,0 +1,200 @@
+"""The study's conclusions: each a comparison of two cells with its test and validity gate.
+
+A conclusion compares two groups of seeds on one result number (a ranking of patch sizes is
+the set of its pairs): Welch's t-test (eval/stats.welch), two-sided, Holm-corrected within its
+family (every pair of one track and model size), at `verify.alpha`. Its verdict is
+- "A > B" (better, by the metric's direction) when significant,
+- "tie" when not: the gap is inside seed noise at this n,
+- "untested" when a side has fewer than 2 seeds, or no spread (the test is undefined),
+- "invalid" when a side fails its validity gate: a classifier whose top-1 is not clearly above
+  chance, or a group most of whose seeds never left their loss plateau (eval/plateau.py). Such
+  a comparison is reported with the reason, never as a conclusion.
+
+`pixbench verify` checks the reference's conclusions before its numbers: every significant
+conclusion of the reference must hold in the fresh runs — the same sign of the gap (the fresh
+test need not reach significance at its own n) and both sides valid; a reversed sign, a gate
+failure or a missing group departs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+from pixbench.eval.stats import welch
+
+# (task, metric, higher is better, unit): the numbers a ranking is made of. Reconstruction
+# losses of MAE are left out: at each patch size the target differs, so they do not rank.
+RANKED = (("classify", "top1", True, "pt"), ("mae-finetune", "top1", True, "pt"),
+          ("mae-linprobe", "top1", True, "pt"), ("dit-eval", "fid_featnet", False, ""))
+# (task A, task B, metric): the same patch size under two treatments (pre-trained vs scratch).
+PAIRED = (("mae-finetune", "mae-scratch", "top1"),)
+CHANCE_SE = 3.0  # "clearly above chance": more than 3 binomial standard errors over 1/classes
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    family: str          # "classify xxs": the Holm family
+    a: str               # group names, as verify's collect names them
+    b: str
+    metric: str
+    higher_better: bool
+    verdict: str         # "a" (a better), "b", "tie", "untested", "invalid"
+    diff: float | None   # mean(a) - mean(b)
+    t: float | None
+    df: float | None
+    p: float | None      # raw two-sided p
+    p_holm: float | None
+    n: tuple[int, int]
+    why: str             # the reason of "untested" / "invalid"
+
+    @property
+    def key(self) -> str:
+        return f"{self.a} vs {self.b} {self.metric}"
+
+    @property
+    def significant(self) -> bool:
+        return self.verdict in ("a", "b")
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "key": self.key}
+
+    def statement(self) -> str:
+        """One line: the claim and its test, or why there is none."""
+        name = {"a": self.a, "b": self.b}
+        if self.verdict in ("a", "b"):
+            other = name["b" if self.verdict == "a" else "a"]
+            head = f"{name[self.verdict]} better than {other}"
+        elif self.verdict == "tie":
+            head = f"{self.a} ≈ {self.b} (tie: not significant at n = {self.n[0]}, {self.n[1]})"
+        else:
+            return f"{self.a} vs {self.b}: {self.verdict} ({self.why})"
+        return (f"{head}: {self.metric} Δ {self.diff:+.4g}, t = {self.t:.2f}, df = {self.df:.1f}, "
+                f"p = {_p(self.p)}, Holm p = {_p(self.p_holm)}")
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None or math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+
+
+def group_gate(entry: dict) -> str:
+    """'' when the group may enter a conclusion, else why not (the validity gate)."""
+    gates = [r.get("gate") or {} for r in entry["runs"]]
+    chance = [g for g in gates if g.get("above_chance") is False]
+    if chance and len(chance) * 2 >= len(gates):
+        return f"top-1 not clearly above chance in {len(chance)} of {len(gates)} seeds"
+    stuck = [g for g in gates if g.get("escaped") is False]
+    if stuck and len(stuck) * 2 > len(gates):
+        return f"{len(stuck)} of {len(gates)} seeds never left their loss plateau"
+    return ""
+
+
+def run_gate(metrics: dict, curve: list[dict] | None) -> dict:
+    """The gate facts of one run: above chance (top-1 tasks), escaped its plateau (curves)."""
+    from pixbench.eval.plateau import interval_losses, plateau
+
+    out: dict = {}
+    k, n, top1 = metrics.get("num_classes"), metrics.get("val_n"), metrics.get("top1")
+    if isinstance(k, int) and isinstance(n, int) and k > 1 and n > 0 and top1 is not None:
+        c = 100.0 / k
+        out["above_chance"] = bool(top1 > c + CHANCE_SE * math.sqrt(c * (100.0 - c) / n))
+    if curve:
+        pl = plateau(interval_losses(curve))
+        if pl.level is not None:
+            out["escaped"] = pl.escape_step is not None
+    return out
+
+
+def _compare(family: str, a: str, b: str, groups: dict, metric: str, hb: bool) -> Conclusion:
+    ea, eb = groups[a], groups[b]
+    va = [r["values"][metric] for r in ea["runs"]]
+    vb = [r["values"][metric] for r in eb["runs"]]
+    n = (len(va), len(vb))
+    why = "; ".join(f"{g}: {w}" for g, w in ((a, group_gate(ea)), (b, group_gate(eb))) if w)
+    if why:
+        return Conclusion(family, a, b, metric, hb, "invalid", None, None, None, None, None,
+                          n, why)
+    res = welch(va, vb)
+    if res is None:
+        return Conclusion(family, a, b, metric, hb, "untested",
+                          statistics.fmean(va) - statistics.fmean(vb), None, None, None, None,
+                          n, f"n = {n[0]}, {n[1]}: needs ≥ 2 seeds a side with a spread")
+    return Conclusion(family, a, b, metric, hb, "tie", res["diff"], res["t"], res["df"],
+                      res["p"], None, n, "")
+
+
+def _holm(cs: list[Conclusion], alpha: float) -> list[Conclusion]:
+    """Holm's step-down correction of the tested conclusions of one family."""
+    tested = sorted((c for c in cs if c.p is not None and not math.isnan(c.p)),
+                    key=lambda c: c.p)
+    m, running, out, rejecting = len(tested), 0.0, {}, True
+    for i, c in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * c.p))
+        rejecting = rejecting and running <= alpha
+        better = "a" if (c.diff > 0) == c.higher_better else "b"
+        out[c.key] = Conclusion(**{**asdict(c), "p_holm": running,
+                                   "verdict": better if rejecting else "tie"})
+    return [out.get(c.key, c) for c in cs]
+
+
+def families(groups: dict) -> dict[str, list[tuple[str, str, str, bool]]]:
+    """{family: [(group a, group b, metric, higher better)]} from the collected groups:
+    every pair of patch sizes of a ranked task and size (no variant), and every paired one."""
+    fams: dict[str, list] = {}
+    by: dict[tuple, dict[int, str]] = {}
+    for name, e in groups.items():
+        parts = name.split()
+        if len(parts) == 3 and parts[2].startswith("p"):
+            by.setdefault((e["task"], parts[1]), {})[int(parts[2][1:])] = name
+    for task, metric, hb, _ in RANKED:
+        for (t, size), cells in sorted(by.items()):
+            if t == task and len(cells) > 1:
+                pairs = itertools.combinations(sorted(cells), 2)
+                fams[f"{task} {size}"] = [(cells[p], cells[q], metric, hb) for p, q in pairs]
+    for ta, tb, metric in PAIRED:
+        for (t, size), cells in sorted(by.items()):
+            other = by.get((tb, size), {})
+            if t == ta and other:
+                fams[f"{ta} vs {tb} {size}"] = [(cells[p], other[p], metric, True)
+                                                for p in sorted(cells) if p in other]
+    return fams
+
+
+def conclude(groups: dict, alpha: float) -> list[Conclusion]:
+    """Every conclusion of the collected groups (verify's collect format), Holm per family."""
+    out = []
+    for fam, pairs in families(groups).items():
+        out += _holm([_compare(fam, a, b, groups, m, hb) for a, b, m, hb in pairs], alpha)
+    return out
+
+
+def check(reference: list[dict], fresh: list[Conclusion]) -> list[dict]:
+    """Every significant conclusion of the reference against the fresh one of the same pair:
+    {key, reference, fresh, held, why}. Held: both sides valid and the gap has the same sign."""
+    by_key = {c.key: c for c in fresh}
+    out = []
+    for ref in reference:
+        if ref["verdict"] not in ("a", "b"):
+            continue
+        new = by_key.get(ref["key"])
+        if new is None:
+            held, why = False, "missing: no fresh result for this pair"
+        elif new.verdict == "invalid":
+            held, why = False, f"invalid here: {new.why}"
+        elif new.diff is None or new.diff == 0 or (new.diff > 0) != (ref["diff"] > 0):
+            held, why = False, (f"reversed: Δ {ref['diff']:+.4g} in the reference, "
+                                f"{(new.diff or 0):+.4g} here")
+        else:
+            held, why = True, ("significant here too" if new.significant else
+                               f"same sign, not significant at n = {new.n[0]}, {new.n[1]}")
+        out.append({"key": ref["key"], "reference": ref["verdict"],
+                    "fresh": new.verdict if new else None, "held": held, "why": why,
+                    "statement": _ref_statement(ref)})
+    return out
+
+
+def _ref_statement(ref: dict) -> str:
+    better, worse = (ref["a"], ref["b"]) if ref["verdict"] == "a" else (ref["b"], ref["a"])
+    return f"{better} better than {worse} ({ref['metric']})"
