@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from pixbench import launch
+from pixbench.tasks.table import Task
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.errors import UserError
 
@@ -57,8 +58,8 @@ def test_task_job_pickles_and_checkpoint_resumes_same_spec(tiny_project):
 def test_local_sweep_skips_finished_cells(tiny_project, monkeypatch):
     params = load_params(tiny_project)
     specs = [make_classify_spec(params, size=None, patch=p, seed=0) for p in (4, 8)]
-    rows = launch.sweep("classify", specs, Paths(), launcher="local", cluster=None)
+    rows = launch.sweep(specs, Paths(), launcher="local", cluster=None)
     assert [r["state"] for r in rows] == ["DONE", "DONE"] and all("top1" in r for r in rows)
-    monkeypatch.setattr(launch, "_task_run", lambda task: pytest.fail("re-ran a finished cell"))
-    rows = launch.sweep("classify", specs, Paths(), launcher="local", cluster=None)
+    monkeypatch.setattr(Task, "run", lambda *a, **k: pytest.fail("re-ran a finished cell"))
+    rows = launch.sweep(specs, Paths(), launcher="local", cluster=None)
     assert sorted(r["run_id"] for r in rows) == ["classify-xxs-p4-s0", "classify-xxs-p8-s0"]

@@ -56,7 +56,7 @@ def _spec(params_path, patch=4, seed=0, **over):
 def test_submit_tiny_run_returns_metrics(tiny_project):
     spec = _spec(tiny_project)
     t0 = time.perf_counter()
-    metrics = launch.launch("classify", spec, Paths(), launcher="slurm", cluster="local")
+    metrics = launch.launch(spec, Paths(), launcher="slurm", cluster="local")
     print(f"submit -> metrics: {time.perf_counter() - t0:.1f} s")
     assert metrics["run_id"] == "classify-xxs-p4-s0" and metrics["top1"] > 40
     manifest = json.loads((Paths().run_dir("tiny", spec.run_id) / "manifest.json").read_text())
@@ -66,11 +66,11 @@ def test_submit_tiny_run_returns_metrics(tiny_project):
 def test_sweep_is_one_job_array(tiny_project):
     params = load_params(tiny_project)
     specs = [make_classify_spec(params, size=None, patch=p, seed=0) for p in (2, 4, 8)]
-    rows = launch.sweep("classify", specs, Paths(), launcher="slurm", cluster="local")
+    rows = launch.sweep(specs, Paths(), launcher="slurm", cluster="local")
     assert [r["state"] for r in rows] == ["DONE"] * 3
     array_ids = {str(r["job_id"]).split("_")[0] for r in rows}
     assert len(array_ids) == 1 and all("_" in str(r["job_id"]) for r in rows)
-    again = launch.sweep("classify", specs, Paths(), launcher="slurm", cluster="local")
+    again = launch.sweep(specs, Paths(), launcher="slurm", cluster="local")
     assert all("job_id" not in r for r in again)  # finished cells are skipped
 
 
@@ -115,7 +115,7 @@ def test_failing_job_reports_the_remote_error(tiny_project, tmp_path, capsys):
     paths = Paths(cache_dir=tmp_path / "no-cache", runs_dir=tmp_path / "runs-fail",
                   logs_dir=tmp_path / "logs")
     with pytest.raises(UserError, match="failed \\(remote traceback above"):
-        launch.launch("classify", spec, paths, launcher="slurm", cluster="local")
+        launch.launch(spec, paths, launcher="slurm", cluster="local")
     assert "dataset cache not found" in capsys.readouterr().err
 
 

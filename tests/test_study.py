@@ -15,6 +15,7 @@ from pixbench.config.pipeline import PrepareSpec
 from pixbench.errors import UserError
 from pixbench.study import state as study_state
 from pixbench.study.view import summary
+from pixbench.tasks.table import Task
 
 
 def test_task_resources_default_to_the_profile_and_validate(tmp_path, monkeypatch):
@@ -50,12 +51,12 @@ def test_make_executor_sets_dependency_and_task_resources(tmp_path):
 
 def test_launch_never_submits_a_finished_cell(tiny_project, monkeypatch):
     spec = make_classify_spec(load_params(tiny_project), size=None, patch=4, seed=0)
-    first = launch.launch("classify", spec, Paths(), launcher="local", cluster=None)
+    first = launch.launch(spec, Paths(), launcher="local", cluster=None)
     monkeypatch.setattr(launch.shutil, "which", lambda _: "/usr/bin/sbatch")
     monkeypatch.setattr(launch, "make_executor", lambda *a, **k: pytest.fail("submitted"))
     metrics_file = Paths().reports_dir / "metrics" / "tiny" / f"{spec.run_id}.json"
     metrics_file.unlink()  # as DVC does before it runs the stage
-    again = launch.launch("classify", spec, Paths(), launcher="slurm", cluster="local")
+    again = launch.launch(spec, Paths(), launcher="slurm", cluster="local")
     assert again["top1"] == first["top1"] and metrics_file.exists()  # published again
 
 
@@ -64,10 +65,10 @@ def test_a_prepared_cache_is_reused_only_when_it_matches(workdir, monkeypatch):
     assert launch.finished("prepare", spec, Paths()) is None
     make_tiny_cache(workdir / "data" / "tiny")
     assert launch.finished("prepare", spec, Paths())["counts"] == {"train": 256, "val": 64}
-    monkeypatch.setattr(launch, "_task_run", lambda task: pytest.fail("prepared again"))
+    monkeypatch.setattr(Task, "run", lambda *a, **k: pytest.fail("prepared again"))
     monkeypatch.setattr(launch.shutil, "which", lambda _: "/usr/bin/sbatch")
     monkeypatch.setattr(launch, "make_executor", lambda *a, **k: pytest.fail("submitted"))
-    assert launch.launch("prepare", spec, Paths(), launcher="slurm", cluster="local")["state"] \
+    assert launch.launch(spec, Paths(), launcher="slurm", cluster="local")["state"] \
         == "DONE"
     other = PrepareSpec(profile="tiny", track="classify", data={**TINY_DATA, "image_size": 12})
     assert launch.finished("prepare", other, Paths()) is None

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from submitit.helpers import Checkpointable, DelayedSubmission  # ~0.3 s; launch.py is imported lazily
 
 from pixbench.errors import UserError
+from pixbench.tasks.table import STATELESS, TASKS
+from pixbench.tasks.table import task as task_entry
 
 Launcher = Literal["local", "slurm"]
 CLUSTER_DIR = Path(__file__).resolve().parents[2] / "slurm" / "clusters"
@@ -73,7 +75,7 @@ class ClusterProfile(BaseModel):
     setup: list[str] = Field(default_factory=list, description="Shell lines run before the "
                              "task (module load, source a venv...).")
     tasks: dict[str, TaskResources] = Field(default_factory=dict, description="Per-task "
-                                            "resources (keys of launch.TASKS); unset keys "
+                                            "resources (keys of tasks/table.py TASKS); unset keys "
                                             "take the values above.")
 
     @field_validator("tasks")
@@ -199,42 +201,6 @@ def wait_for(job: Any, label: str, poll_s: float = 1.0) -> Any:
 # ------------------------------------------------------------------------------------ the task
 
 
-# task -> (module with the run function, its name, module with the spec class, its name)
-TASKS = {
-    "prepare": ("pixbench.data.prepare", "run", "pixbench.config.pipeline", "PrepareSpec"),
-    "report": ("pixbench.report", "run", "pixbench.config.pipeline", "ReportSpec"),
-    "verify": ("pixbench.verify", "run", "pixbench.config.pipeline", "VerifySpec"),
-    "classify": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
-    "mae-finetune": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
-    "mae-linprobe": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
-    "mae-scratch": ("pixbench.tasks.classify.run", "run", "pixbench.config", "RunSpec"),
-    "mae-pretrain": ("pixbench.tasks.mae.run", "run", "pixbench.config", "PretrainSpec"),
-    "vq": ("pixbench.tasks.gen.vq", "run", "pixbench.config", "VQSpec"),
-    "vq-encode": ("pixbench.tasks.gen.latents", "run_encode", "pixbench.config", "EncodeSpec"),
-    "vq-eval": ("pixbench.tasks.gen.latents", "run_eval", "pixbench.config", "VQEvalSpec"),
-    "featnet": ("pixbench.tasks.gen.featnet", "run", "pixbench.config", "FeatNetSpec"),
-    "dit": ("pixbench.tasks.gen.dit", "run", "pixbench.config", "DitSpec"),
-    "dit-eval": ("pixbench.tasks.gen.dit_eval", "run_eval", "pixbench.config", "DitEvalSpec"),
-}
-
-
-def _task_entry(task: str, which: int):
-    import importlib
-
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}")
-    module, name = TASKS[task][2 * which:2 * which + 2]
-    return getattr(importlib.import_module(module), name)
-
-
-def _task_run(task: str):
-    return _task_entry(task, 0)
-
-
-def _spec_class(task: str):
-    return _task_entry(task, 1)
-
-
 class TaskJob(Checkpointable):
     """One run of a task, picklable: the resolved spec and absolute paths, nothing else."""
 
@@ -247,9 +213,9 @@ class TaskJob(Checkpointable):
         from pixbench.distributed import distributed_from_slurm
 
         with distributed_from_slurm():
-            spec = _spec_class(self.task).model_validate(self.spec)
-            return _task_run(self.task)(spec, Paths(**self.paths),
-                                        stale=self.stale, device=self.device, progress=False)
+            entry = task_entry(self.task)
+            return entry.run(entry.spec.model_validate(self.spec), Paths(**self.paths),
+                             stale=self.stale, device=self.device, progress=False)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Requeue a fresh instance; it resumes from the run's ckpt/last.pt, which the runner
@@ -285,10 +251,6 @@ def _finished_alone(spec, paths, stale: str) -> dict | None:
 # While a plan is being collected (the study reads each stage's command through the CLI),
 # launch() records (task, spec, stale, device) instead of running anything.
 PLAN: ContextVar[list | None] = ContextVar("pixbench_launch_plan", default=None)
-
-
-# Tasks with no finished state: rebuilt wherever they run (the study's record job runs them).
-STATELESS = frozenset({"report", "verify"})
 
 
 def finished(task: str, spec, paths, stale: str = "restart") -> dict | None:
@@ -332,13 +294,14 @@ def in_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
 
 
-def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
+def launch(spec, paths, *, launcher: str | None, cluster: str | None,
            stale: str = "error", device: str = "auto", wait: bool = True) -> dict:
     """Run one task spec here or on SLURM; blocking mode returns the metrics. A finished cell
     (same spec digest) never goes to SLURM: it runs here, where `Run.open` reuses it (and
     publishes its metrics for DVC); a prepared cache of the same data config is reused as it
     is. Locally `prepare` always writes the cache afresh (raw data may have changed). Inside a
     submitit SLURM job (the study's record job runs `dvc repro` there) the task runs in it."""
+    task = spec.task  # the spec names its task (tasks/table.py)
     plan = PLAN.get()
     if plan is not None:
         plan.append((task, spec, stale, device))
@@ -352,7 +315,7 @@ def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
             alone = _finished_alone(spec, paths, stale)
             if alone is not None:
                 return alone
-        return _task_run(task)(spec, paths, stale=stale, device=device)
+        return task_entry(task).run(spec, paths, stale=stale, device=device)
     job = TaskJob(task, spec.canonical(), _abs_paths(paths), stale, device)
     profile = load_cluster(cluster)
     executor = make_executor(profile, paths.logs_dir.resolve() / "submitit", spec.run_id, task)
@@ -363,9 +326,11 @@ def launch(task: str, spec, paths, *, launcher: str | None, cluster: str | None,
     return wait_for(submitted, spec.run_id)
 
 
-def sweep(task: str, specs: list, paths, *, launcher: str | None, cluster: str | None,
+def sweep(specs: list, paths, *, launcher: str | None, cluster: str | None,
           wait: bool = True) -> list[dict]:
-    """Submit every pending cell as one job array; finished cells (same spec digest) are skipped."""
+    """Submit every pending cell (specs of one task) as one job array; finished cells (same
+    spec digest) are skipped."""
+    task = specs[0].task if specs else "classify"
     pending, rows = [], []
     for spec in specs:
         done = finished(task, spec, paths) is not None
@@ -374,8 +339,8 @@ def sweep(task: str, specs: list, paths, *, launcher: str | None, cluster: str |
     if not pending:
         return rows
     if kind == "local":
-        run = _task_run(task)
-        return rows + [{"run_id": s.run_id, "state": "DONE", **run(s, paths, stale="restart")}
+        entry = task_entry(task)
+        return rows + [{"run_id": s.run_id, "state": "DONE", **entry.run(s, paths, stale="restart")}
                        for s in pending]
     executor = make_executor(load_cluster(cluster), paths.logs_dir.resolve() / "submitit",
                              f"pixbench-{task}-sweep", task)

@@ -44,7 +44,7 @@ def sweep_cmd(launcher: LauncherOpt = None, cluster: ClusterOpt = None, wait: Wa
     params = load_params(params_path, profile)
     specs = [make_classify_spec(params, size=z, patch=p, seed=s) for z in params.sweep.sizes
              for p in params.sweep.patches for s in params.sweep.seeds]
-    rows = sweep("classify", specs, Paths(), launcher=launcher, cluster=cluster, wait=wait)
+    rows = sweep(specs, Paths(), launcher=launcher, cluster=cluster, wait=wait)
     for r in rows:
         typer.echo(json.dumps({k: r[k] for k in ("run_id", "state", "job_id", "top1", "error")
                                if k in r}))

@@ -50,7 +50,7 @@ def data_prepare(params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = Non
     else:  # launch.py's TaskJob carries no worker count: a job decodes on all its cores
         from pixbench.launch import launch
 
-        metrics = launch("prepare", spec, paths, launcher=kind, cluster=cluster, wait=wait,
+        metrics = launch(spec, paths, launcher=kind, cluster=cluster, wait=wait,
                          stale="error", device="cpu")
     typer.echo(json.dumps({k: metrics[k] for k in KEYS if k in metrics}))
 

@@ -136,7 +136,7 @@ def launch_and_print(task: str, spec, keys: tuple[str, ...], *, stale: str, devi
     from pixbench.config import Paths
     from pixbench.launch import launch
 
-    metrics = launch(task, spec, Paths(), launcher=launcher, cluster=cluster, stale=stale,
+    metrics = launch(spec, Paths(), launcher=launcher, cluster=cluster, stale=stale,
                      device=device, wait=wait)
     typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}))
 

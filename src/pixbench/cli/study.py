@@ -98,7 +98,8 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     jobs (afterok); finished cells (same spec digest) are reused, not submitted. The last job
     records everything with `dvc repro`. Blocks with a live table unless --no-wait."""
     from pixbench.config import Paths
-    from pixbench.launch import STATELESS, resolve_launcher
+    from pixbench.launch import resolve_launcher
+    from pixbench.tasks.table import STATELESS
     from pixbench.study.dag import dvc_clean, load_cells
     from pixbench.study.state import cell_states, new_study_id, queued_elsewhere, studies_dir
     from pixbench.study.submit import submit_study

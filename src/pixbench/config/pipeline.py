@@ -1,5 +1,5 @@
 """Specs of the pipeline's non-training stages (data prepare, report, verify), so every stage
-starts the same way (`launch(task, spec, ...)`): here or as a SLURM job; and the runs of the
+starts the same way (`launch(spec, ...)`): here or as a SLURM job; and the runs of the
 current sweeps (`sweep_runs`), the one list the report and verify both read."""
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def run_task(ctx: Ctx, task: str, spec) -> dict:
     run function, progress lines into the step's log."""
     from pixbench.launch import launch
 
-    return launch(task, spec, _paths(), launcher="local", cluster=None, device=ctx.device)
+    return launch(spec, _paths(), launcher="local", cluster=None, device=ctx.device)
 
 
 def _classify_run(ctx: Ctx, spec) -> dict:

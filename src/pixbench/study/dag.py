@@ -26,7 +26,7 @@ class Cell:
 
     name: str  # DVC's address: `classify@xxs-1-0`, `prepare`
     stage: str  # the dvc.yaml stage: `classify`
-    task: str  # a key of launch.TASKS
+    task: str  # a key of tasks/table.py TASKS
     spec: object = dataclasses.field(repr=False)
     stale: str = "error"
     device: str = "auto"
@@ -183,7 +183,7 @@ def record(root: Path, targets: list[str], env: dict | None = None) -> None:
     import subprocess
     import sys
 
-    from pixbench.launch import STATELESS
+    from pixbench.tasks.table import STATELESS
 
     done = [c.name for c in load_cells(root, targets) if c.done and c.task not in STATELESS]
     if done:

@@ -148,7 +148,8 @@ def run_cells(cells: list, *, jobs: int, threads: int, folder: Path, paths,
               say=print) -> dict[str, str]:
     """Run every pending cell (not done, not stateless) in `jobs` workers; {name: state}, the
     state one of done, reused, failed, blocked (a parent failed), stateless."""
-    from pixbench.launch import STATELESS, TaskJob, _abs_paths
+    from pixbench.launch import TaskJob, _abs_paths
+    from pixbench.tasks.table import STATELESS
 
     by_name = {c.name: c for c in cells}
     states = {c.name: ("reused" if c.done else "stateless" if c.task in STATELESS else "pending")

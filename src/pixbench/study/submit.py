@@ -37,12 +37,13 @@ class RecordJob(Checkpointable):
 
     def __call__(self) -> dict:
         from pixbench.config import Paths
-        from pixbench.launch import _spec_class, finished
+        from pixbench.launch import finished
+        from pixbench.tasks.table import TASKS
 
         os.chdir(self.root)
         paths = Paths(**self.paths)
-        missing = [_spec_class(task).model_validate(spec).run_id for task, spec, stale in self.cells
-                   if finished(task, _spec_class(task).model_validate(spec), paths, stale) is None]
+        missing = [TASKS[task].spec.model_validate(spec).run_id for task, spec, stale in self.cells
+                   if finished(task, TASKS[task].spec.model_validate(spec), paths, stale) is None]
         if missing:
             raise UserError(f"not finished, nothing recorded: {', '.join(missing[:5])}")
         # the cluster named: launch() reuses finished cells and prepared caches as it does
@@ -65,7 +66,8 @@ def _submit_group(executor, jobs: list) -> list:
 def submit_cells(cells: list, *, profile, folder: Path, paths: dict) -> dict[str, object]:
     """Submit every pending cell (not `done`, not stateless) once its parents are submitted;
     returns {cell name: submitit job}."""
-    from pixbench.launch import STATELESS, TaskJob, make_executor
+    from pixbench.launch import TaskJob, make_executor
+    from pixbench.tasks.table import STATELESS
 
     by_name = {c.name: c for c in cells}
     jobs: dict[str, object] = {}
@@ -92,7 +94,8 @@ def submit_study(cells: list, *, root: Path, targets: list[str], cluster: str, f
                  study_id: str) -> dict:
     """Submit the pending cells and the record job; write and return the study's state."""
     from pixbench.config import Paths
-    from pixbench.launch import STATELESS, _abs_paths, load_cluster, make_executor
+    from pixbench.launch import _abs_paths, load_cluster, make_executor
+    from pixbench.tasks.table import STATELESS
 
     profile = load_cluster(cluster)
     paths = _abs_paths(Paths())

@@ -23,28 +23,16 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
-# The result numbers of each task (not its speeds or memory): what must reproduce.
-RESULTS = {
-    "classify": ("top1",),
-    "mae-pretrain": ("recon_loss",),
-    "mae-finetune": ("top1",),
-    "mae-linprobe": ("top1",),
-    "mae-scratch": ("top1",),
-    "vq": ("final_l1",),
-    "featnet": ("val_top1",),
-    "vq-eval": ("psnr", "rfid_featnet"),
-    "dit": ("train_loss",),
-    "dit-eval": ("fid_featnet",),
-}
+from pixbench.tasks.table import RESULTS, TASKS
 
-
-# Tasks whose seeds share a model trained once: every DiT trains on the latents of one
-# tokenizer (gen_sweep.tokenizer_seed) and dit-eval scores with one FeatNet. On another machine
-# the tokenizer changes and moves every seed together: from 2 intra-op threads to 1 (2-core
-# AVX-512 VM) its PSNR went 21.0 -> 19.9 and each DiT's train loss rose 4-7% (DiT-XXS/1
+# The result numbers of each task (not its speeds or memory), and the upstream model its seeds
+# share, are the task table's (tasks/table.py). Sharing one: every DiT trains on the latents of
+# one tokenizer (gen_sweep.tokenizer_seed) and dit-eval scores with one FeatNet. On another
+# machine the tokenizer changes and moves every seed together: from 2 intra-op threads to 1
+# (2-core AVX-512 VM) its PSNR went 21.0 -> 19.9 and each DiT's train loss rose 4-7% (DiT-XXS/1
 # 0.0816 -> 0.0870), while two DiT seeds on one tokenizer differed by 0.05%. Where both sides
 # used the same pinned instruments (tasks/gen/instruments.py), the rule does not apply.
-SHARED_UPSTREAM = {"dit": "tokenizer", "dit-eval": "tokenizer, FeatNet"}
+SHARED_UPSTREAM = {t.name: t.shared_upstream for t in TASKS.values() if t.shared_upstream}
 
 
 @dataclass(frozen=True)
