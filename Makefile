@@ -43,19 +43,28 @@ test: install
 	  bench/test_scale_prepare.py bench/test_scale_loader.py bench/test_machine_kinds.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
+# Tooling that is not the installed library runs from the checkout with its folders on the
+# path: tools/gpucheck (the GPU validation kit) and bench/benchsuite (the compute benchmarks);
+# src/ too, for a Python where pixbench is not installed (a GPU node's). pytest gets the same
+# folders from pyproject's `pythonpath`.
+TOOLS_PATH = $(CURDIR)/tools:$(CURDIR)/bench:$(CURDIR)/src
+WITH_TOOLS = PYTHONPATH="$(TOOLS_PATH)$${PYTHONPATH:+:$$PYTHONPATH}"
+
+# BENCH_ARGS e.g. "--suite quick" (the last --suite wins), "--out DIR", "--threads N", "--help".
 bench: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pixbench bench --suite auto
+	PATH="$(abspath $(BIN)):$$PATH" $(WITH_TOOLS) \
+	  $(BIN)/python -m benchsuite --suite auto $(BENCH_ARGS)
 
 # GPU validation kit (README "GPU validation kit"): every CUDA path in one command, < 8 min.
 # On a GPU node, with the node's Python (torch with CUDA); GPU_CHECK_ARGS e.g. --out $$OUT.
 GPU_PYTHON ?= python3
 gpu-check:
-	PYTHONPATH="$(CURDIR)/src$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PYTHON) -m pixbench.gpucheck $(GPU_CHECK_ARGS)
+	$(WITH_TOOLS) $(GPU_PYTHON) -m gpucheck $(GPU_CHECK_ARGS)
 
 # The same steps on this CPU (gloo, the quick bench suite); tests/test_gpucheck.py runs a cut of it.
 gpu-check-cpu: install
-	$(BIN)/python -m pixbench.gpucheck --cpu $(GPU_CHECK_ARGS)
+	$(WITH_TOOLS) $(BIN)/python -m gpucheck --cpu $(GPU_CHECK_ARGS)
 
-# Wheels the GPU image lacks (pixbench/gpucheck/wheels.py), into wheels/ (gitignored, ~15 MiB).
+# Wheels the GPU image lacks (tools/gpucheck/wheels.py), into wheels/ (gitignored, ~15 MiB).
 gpu-wheels: install
-	$(BIN)/python -m pixbench.gpucheck.wheels --dest wheels
+	$(WITH_TOOLS) $(BIN)/python -m gpucheck.wheels --dest wheels

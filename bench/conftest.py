@@ -1,10 +1,10 @@
-"""pytest-benchmark front end of pixbench.bench: one test per case of a profile.
+"""pytest-benchmark front end of the suite (bench/benchsuite): one test per case of a profile.
 
     pytest bench/ --benchmark-only                          # profile auto: gpu with CUDA, else cpu
     pytest bench/ --benchmark-only --bench-profile quick    # seconds
     pytest bench/ --benchmark-only --bench-profile gpu -m gpu   # the project's addopts deselect gpu
 
-Cases come from pixbench.bench.plan, are run by the same BenchSession as `pixbench bench` (the
+Cases come from benchsuite.plan, are run by the same BenchSession as `make bench` (the
 timed steps go through `benchmark.pedantic`), and at the end of the session the same `finalize`
 writes reports/bench/<env>.json, .md and plots (`-partial` in the name when -k left cases out).
 """
@@ -20,15 +20,15 @@ WROTE = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("pixbench bench")
+    group = parser.getgroup("benchsuite")
     group.addoption("--bench-profile", default="auto",
-                    help="pixbench bench profile: auto (gpu with CUDA, else cpu), quick, cpu, gpu")
+                    help="benchsuite profile: auto (gpu with CUDA, else cpu), quick, cpu, gpu")
     group.addoption("--bench-out", default="reports/bench",
                     help="where <env>.json, .md and plots go (relative to the rootdir)")
 
 
 def _profile(config):
-    from pixbench.bench.plan import get_profile
+    from benchsuite.plan import get_profile
 
     return get_profile(config.getoption("--bench-profile"))
 
@@ -45,7 +45,7 @@ def _marks(profile) -> list:
 def pytest_generate_tests(metafunc):
     """bench_case: `test_workload`'s cases; gen_case: the MAE, DiT, tokenizer and FID cases
     (plan.GEN_GROUPS), which `test_gen_workload` runs."""
-    from pixbench.bench.plan import GEN_GROUPS
+    from benchsuite.plan import GEN_GROUPS
 
     for name, gen in (("bench_case", False), ("gen_case", True)):
         if name in metafunc.fixturenames:
@@ -60,8 +60,8 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def bench_session(request):
-    from pixbench.bench.run import finalize
-    from pixbench.bench.session import BenchSession
+    from benchsuite.run import finalize
+    from benchsuite.session import BenchSession
 
     session = BenchSession(_profile(request.config))
     yield session
@@ -75,7 +75,7 @@ def bench_session(request):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     path = config.stash.get(WROTE, None)
     if path is not None:
-        terminalreporter.write_line(f"pixbench bench: wrote {path} and {path.with_suffix('.md')}")
+        terminalreporter.write_line(f"benchsuite: wrote {path} and {path.with_suffix('.md')}")
 
 
 @pytest.fixture

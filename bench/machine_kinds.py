@@ -79,11 +79,12 @@ def results(repo: Path) -> dict:
     """Groups (verify's collect), conclusions and the machine kind of one setting's runs."""
     code = ("import json, os, sys; sys.path.insert(0, 'src')\n"
             "from pixbench.config import Paths, load_params\n"
+            "from pixbench.tasks.table import TASKS\n"
             "from pixbench.verify import collect\n"
             "from pixbench.verify.conclusions import conclude\n"
             "from pixbench.verify.machine import this_machine\n"
             "p = load_params('params.yaml')\n"
-            "fresh = collect(p, Paths(), this_machine())\n"
+            "fresh = collect(p, Paths(), this_machine(), TASKS)\n"
             "fresh['conclusions'] = [c.as_dict() for c in conclude(fresh['groups'], "
             "p.verify.alpha)]\n"
             "print(json.dumps(fresh))\n")

@@ -21,6 +21,7 @@ def breakdown(patch: int) -> dict:
     import pixbench.launch  # noqa: F401
     from pixbench.config import Paths, load_params, make_classify_spec
     from pixbench.tasks import runner
+    from pixbench.tasks.classify import engine
     from pixbench.tasks.classify import run as classify
 
     import timm.models.vision_transformer  # noqa: F401
@@ -39,11 +40,12 @@ def breakdown(patch: int) -> dict:
         setattr(owner, name, wrapper)
 
     for owner, name, label in [
-            (classify, "train_one_epoch", "training steps (incl. curve points)"),
-            (classify, "evaluate", "evaluation (curve points + final)"),
+            (classify.Cell, "step", "training steps"),
+            (classify.Cell, "row", "curve points"),
+            (classify.Cell, "evaluate", "final evaluation"),
             (classify, "measure_train", "throughput probe: train"),
             (classify, "measure_inference", "throughput probe: inference"),
-            (classify, "open_live", "dvclive open (incl. its import)"),
+            (engine, "open_live", "dvclive open (incl. its import)"),
             (classify, "load_data", "data load"),
             (runner.Run, "_save", "checkpoint writes")]:
         timed(owner, name, label)

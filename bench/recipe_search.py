@@ -24,9 +24,9 @@ import yaml
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.eval.plateau import plateau
 from pixbench.tasks.classify import run as classify
-from pixbench.tasks.classify.engine import evaluate, train_one_epoch
-from pixbench.tasks.optim import adamw
+from pixbench.tasks.classify.engine import ClassifyBody, evaluate
 from pixbench.tasks.runner import State
+from pixbench.tasks.trainer import fit
 
 WINDOW, ESCAPED = 25, 1.5
 
@@ -62,13 +62,12 @@ def probe(spec, paths: Paths) -> dict:
     cfg, cpu = spec.classify, torch.device("cpu")
     ds, data = classify.load_data(spec, paths)
     model = classify.build_model(spec, ds.manifest)
-    opt, state, losses = adamw(model, cfg.optim), State(), []
+    body, losses = ClassifyBody(spec, model, data, device=cpu, bf16=False), []
+    step = body.step
+    body.step = lambda s: {**(out := step(s)), "loss": losses.append(out["loss"].item())
+                           or out["loss"]}  # this probe's per-step curve (a sync per step)
     t0 = time.process_time()
-    while state.epoch < cfg.epochs:
-        train_one_epoch(model, opt, data, cfg, spec.seed, state, device=cpu, bf16=False,
-                        on_step=lambda s, loss: losses.append(loss))
-        state.epoch, state.epoch_step = state.epoch + 1, 0
-        state.take_mean_loss()
+    fit(body, State())
     cpu_s = time.process_time() - t0
     final = evaluate(model, data.val_x, data.val_y, data.mean, data.std, device=cpu,
                      batch_size=cfg.eval_batch_size, bf16=False)

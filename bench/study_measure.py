@@ -9,7 +9,7 @@ submit --no-wait` takes for 50 cells (submission only: the jobs are cancelled ri
 
 Paper scale (estimated, analytic): the real DAG of dvc.yaml for the paper's study (imagenet28:
 classification S/B x 5 patches x 2 seeds, locality shuffle, MAE-B, DiT-L at p=1 and p=2),
-each training cell's time = its train FLOPs (eval/flops.py) / (GPUs of its task in
+each training cell's time = its train FLOPs (models/flops.py) / (GPUs of its task in
 slurm/clusters/example-h100.yaml x 989 TFLOP/s bf16 x 40% MFU). Sequential = the sum (what
 `dvc repro` with PIXBENCH_CLUSTER does, one blocking job after another); DAG = the longest path.
 Writes reports/bench/study.md and reports/bench/study/study.json.
@@ -84,7 +84,7 @@ def measure_local(work: Path) -> dict:
 
 def _cell_hours(cell, gpus: int) -> float:
     """Wall hours of one cell on `gpus` GPUs at 40% MFU; analytic train FLOPs x images."""
-    from pixbench.eval.flops import block_forward_flops, mae_forward_flops, vit_train_flops
+    from pixbench.models.flops import block_forward_flops, mae_forward_flops, vit_train_flops
     from pixbench.models.dit import DIT_SIZES
     from pixbench.models.mae import DECODER_SIZES
     from pixbench.models.vit import SIZES, vit_shape
@@ -130,7 +130,8 @@ def paper_estimate(work: Path) -> dict:
     import yaml
     from studyrepo import make_study_repo
 
-    from pixbench.launch import load_cluster
+    from pixbench.cli.options import pixbench_command
+    from pixbench.cluster import load_cluster
     from pixbench.study.dag import load_cells
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -139,7 +140,7 @@ def paper_estimate(work: Path) -> dict:
     params["locality"]["run"] = PAPER["locality_run"]
     repo = make_study_repo(work / "paper", params)
     os.chdir(repo)
-    cells = load_cells(repo)
+    cells = load_cells(repo, cli=pixbench_command)
     profile = load_cluster("example-h100")
     hours, finish = {}, {}
     for c in cells:  # parents first
@@ -171,7 +172,7 @@ def main() -> None:
         os.chdir(here)
     shutil.rmtree(work, ignore_errors=True)
     out = {"local": local, "paper": paper}
-    # not reports/bench/*.json: the report reads each of those as a `pixbench bench` result
+    # not reports/bench/*.json: the report reads each of those as a suite result (`make bench`)
     folder = ROOT / "reports" / "bench" / "study"
     folder.mkdir(exist_ok=True)
     (folder / "study.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from pixbench.bench import derive, targets
-from pixbench.bench.costs import PAPER_RUNS, cost_estimate
-from pixbench.bench.env import sanitize
-from pixbench.bench.plan import GEN_GROUPS, PROFILES, get_profile
-from pixbench.bench.report import rounded
+from benchsuite import derive, targets
+from benchsuite.costs import PAPER_RUNS, cost_estimate
+from benchsuite.env import sanitize
+from benchsuite.plan import GEN_GROUPS, PROFILES, get_profile
+from benchsuite.report import rounded
 
 TOP_KEYS = {"schema", "env_name", "profile", "device", "dtypes", "complete", "duration_s",
             "environment", "peaks", "results", "derived", "cost_estimate", "targets",
@@ -21,7 +21,7 @@ TOP_KEYS = {"schema", "env_name", "profile", "device", "dtypes", "complete", "du
 
 
 def test_quick_suite_writes_json_summary_and_plots(tmp_path):
-    from pixbench.bench.run import run_suite
+    from benchsuite.run import run_suite
 
     path = run_suite("quick", tmp_path)
     doc = json.loads(path.read_text())
@@ -52,7 +52,7 @@ def test_quick_suite_writes_json_summary_and_plots(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_profiles_have_unique_ids_and_registered_workloads(name):
-    from pixbench.bench.workloads import WORKLOADS
+    from benchsuite.workloads import WORKLOADS
 
     prof = get_profile(name)
     assert all(c.workload in WORKLOADS for c in prof.cases)
@@ -147,7 +147,7 @@ TINY = {  # seconds-long shapes; the profiles hold the real ones
 
 @pytest.mark.parametrize("workload", sorted(TINY))
 def test_gen_workloads_build_and_step_with_their_flops(workload):
-    from pixbench.bench.workloads import build
+    from benchsuite.workloads import build
     from pixbench.models.dit import dit_gflops_per_step
 
     prep = build(workload, "cpu", TINY[workload])

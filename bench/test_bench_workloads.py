@@ -33,7 +33,7 @@ def test_gen_workload(gen_case, bench_session, benchmark, pedantic_timer):
     """One case of the pre-training and generation tracks: an MAE pre-training step, a DiT train
     step or guided denoising forward, the VQ tokenizer's encode, or FID feature extraction
     (whose img/s is set beside the 1000 img/s CPU target: a miss is a result, not a failure)."""
-    from pixbench.bench.targets import FID_TARGET
+    from benchsuite.targets import FID_TARGET
 
     rec = bench_session.run_case(gen_case, timer=pedantic_timer)
     if rec["status"] == "skipped":

@@ -16,7 +16,7 @@ shared CPU, where wall time is not. Two pipelines:
   work are not measured on this CPU-only machine).
 
 Demand: what one ViT-S/2 at 28px consumes on an H100, from the analytic train FLOPs
-(eval/flops.py) at the project's MFU target (bench/targets.py) of the H100's dense bf16 peak;
+(models/flops.py) at the project's MFU target (bench/targets.py) of the H100's dense bf16 peak;
 the target is 3x that with at most 8 CPU cores per rank. A last case times a tiny CPU training
 step (the default profile's model) with 0 and 1 loader workers: the CPU default's evidence.
 """
@@ -34,10 +34,10 @@ import numpy as np
 import pytest
 import torch
 
-from pixbench.bench.targets import GPU_MFU_TARGET
+from benchsuite.targets import GPU_MFU_TARGET
 from pixbench.config import load_params, make_classify_spec
 from pixbench.data.loader import Rows, StepBatches, batches
-from pixbench.eval.flops import vit_train_flops
+from pixbench.models.flops import vit_train_flops
 from pixbench.models.vit import vit_shape
 from pixbench.runio import atomic_write_bytes
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pixbench.bench import plan_state, rehearsal, rehearsal_report
+from benchsuite import plan_state, rehearsal, rehearsal_report
 
 MAIN_SRC = Path("/work/main/src")  # today's prepare, measured on the same trees when present
 

@@ -2,7 +2,8 @@
 
 Nothing here touches the network or the real datasets: the synthetic images are learnable (the
 class sets which horizontal band is bright), so a tiny ViT reaches well above chance in a few steps.
-The generator lives in pixbench.gpucheck.data, which the GPU validation kit uses too.
+The generator lives in tools/gpucheck/data.py (the GPU validation kit uses it too; pytest has
+tools/ on its path, pyproject's `pythonpath`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from pixbench.gpucheck.data import make_cache, synthetic_split  # noqa: F401 - tests import it here
+from gpucheck.data import make_cache, synthetic_split  # noqa: F401 - tests import it here
 
 torch.set_num_threads(2)
 

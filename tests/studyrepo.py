@@ -77,10 +77,11 @@ def plant_bad_checkpoint(repo: Path, cmd: str) -> str:
     pending (no metrics) and its job fails when it restores."""
     from pixbench.config import Paths
     from pixbench.runio import atomic_write_json
+    from pixbench.cli.options import pixbench_command
     from pixbench.study.dag import plan_command
 
     with contextlib.chdir(repo):
-        _, spec, _, _ = plan_command(cmd, "plant")
+        _, spec, _, _ = plan_command(cmd, "plant", pixbench_command)
         run_dir = Paths(runs_dir=repo / "runs").run_dir(spec.profile, spec.run_id)
     (run_dir / "ckpt").mkdir(parents=True)
     atomic_write_json(run_dir / "spec.json", {"digest": spec.digest(), "spec": spec.canonical()})

@@ -57,7 +57,7 @@ def test_run_writes_self_describing_run_dir(tiny_project):
 def test_finished_run_is_reused_not_retrained(tiny_project, monkeypatch):
     spec = _spec(tiny_project, patch=8)
     first = classify.run(spec, Paths(), progress=False)
-    monkeypatch.setattr(classify, "train_one_epoch", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(classify.Cell, "step", lambda *a, **k: pytest.fail("retrained"))
     assert classify.run(spec, Paths(), progress=False) == first
 
 

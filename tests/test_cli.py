@@ -102,7 +102,7 @@ def test_debug_env_shows_traceback(tiny_project, monkeypatch, capsys):
 
 def test_every_command_is_registered():
     assert sorted(LEAVES) == sorted([
-        "bench", "classify run", "data prepare", "data verify", "dit eval", "dit sample", "dit train",
+        "classify run", "data prepare", "data verify", "dit eval", "dit sample", "dit train",
         "featnet train", "instruments freeze", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
             "report",
         "study cancel", "study run", "study status", "study submit", "sweep", "verify", "vq encode", "vq eval",
@@ -127,8 +127,9 @@ def test_dash_h_is_help(words, monkeypatch, capsys):
     assert code == code_long == 0 and "Usage: pixbench" in out and out == out_long
 
 
-# bench: its suite is `--suite`; study: its params are dvc.yaml's (params.yaml's `profile`)
-NO_PROFILE = {"bench", "study cancel", "study run", "study status", "study submit"}
+# study: its params are dvc.yaml's (params.yaml's `profile`). The benchmark suite is no
+# command of the library: `make bench` (tests/test_tooling.py)
+NO_PROFILE = {"study cancel", "study run", "study status", "study submit"}
 
 
 def test_profile_flag_is_the_params_profile_everywhere():
@@ -142,8 +143,6 @@ def test_profile_flag_is_the_params_profile_everywhere():
             assert opts["--profile"].help == help_text and "--params" in opts, words
             with_profile.append(" ".join(words))
     assert set(LEAVES) - set(with_profile) == NO_PROFILE
-    bench = next(cmd for words, cmd in _leaf_commands() if words == ["bench"])
-    assert "--suite" in {o for p in bench.params for o in p.opts}
 
 
 @pytest.mark.parametrize("words", [w for w in LEAVES if w not in NO_PROFILE])
@@ -153,18 +152,6 @@ def test_unknown_params_profile_is_refused_by_every_command(words, tiny_project,
     code, _, err = run_cli([*words.split(), *patch, "--profile", "other"], monkeypatch, capsys)
     assert code == 2 and err.startswith("error: --profile 'other' is not one of")
     assert not (tiny_project.parent / "runs").exists()
-
-
-def test_bench_suite_reaches_the_runner(monkeypatch, capsys):
-    import pixbench.bench.cli_bench as cli_bench
-
-    seen = {}
-    monkeypatch.setattr(cli_bench, "bench_command",
-                        lambda suite, out, threads: seen.update(suite=suite, threads=threads))
-    code, _, _ = run_cli(["bench", "--suite", "quick", "--threads", "2"], monkeypatch, capsys)
-    assert code == 0 and seen == {"suite": "quick", "threads": 2}
-    code, _, err = run_cli(["bench", "--profile", "quick"], monkeypatch, capsys)
-    assert code == 2 and "--profile" in err
 
 
 def test_python_dash_m_runs_the_cli():

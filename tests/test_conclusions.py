@@ -20,7 +20,10 @@ from pixbench.verify.conclusions import check, conclude, group_gate, run_gate
 
 
 def group(task: str, values: list[float], metric: str = "top1", gate: dict | None = None) -> dict:
-    return {"task": task, "runs": [{"run_id": f"r{i}", "seed": i, "spec_digest": "d",
+    """A group as verify.collect writes it (the table's shared upstream model included)."""
+    from pixbench.tasks.table import TASKS
+
+    return {"task": task, "shared": TASKS[task].shared_upstream, "runs": [{"run_id": f"r{i}", "seed": i, "spec_digest": "d",
                                     "values": {metric: v}, "gate": dict(gate or {})}
                                    for i, v in enumerate(values)]}
 

@@ -70,9 +70,10 @@ def _vq_step(spec, paths: Paths, *, progress: bool, device: str) -> dict:
     gradients it leaves (DDP-averaged) beside the run: Adam turns noise-level gradient
     differences into lr-sized weight differences, so gradients are where DDP is checked tightly."""
     from pixbench import distributed
+    from pixbench.rng import batch_indices, generator
     from pixbench.tasks.gen import vq
     from pixbench.tasks.gen.data import gen_cache, to_unit
-    from pixbench.tasks.seeds import batch_indices, generator
+    from pixbench.tasks.trainer import rank_mean_list
 
     ds = gen_cache(paths, spec.profile, spec.data.model_dump())
     tr = vq.VQTrainer(spec, ds.channels, torch.device(device))
@@ -84,6 +85,9 @@ def _vq_step(spec, paths: Paths, *, progress: bool, device: str) -> dict:
     idx = distributed.shard(batch_indices(ds.train_images.shape[0], b, spec.seed, step))
     x = to_unit(ds.train_images[idx.numpy()])  # (B / world, C, H, W)
     out = vq.train_step(tr, x, step, generator(spec.seed + 1, step))
+    # the step's tensors are this rank's; the trainer averages them over ranks at its sync
+    out = {k: rank_mean_list([float(v)])[0] if isinstance(v, torch.Tensor) else v
+           for k, v in out.items()}
     grads = {f"{n}.{k}": p.grad for n, m in (("gen", tr.gen), ("disc", tr.disc))
              for k, p in m.named_parameters()}
     if distributed.is_main():

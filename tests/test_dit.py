@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixbench.gen.diffusion import (diffusion_loss, make_sample_scheduler, make_train_scheduler,
-                                    sample)
+from pixbench.models.diffusion import (diffusion_loss, make_sample_scheduler, make_train_scheduler,
+                                       sample)
 from pixbench.models.dit import DIT_SIZES, build_dit, dit_display_name, dit_gflops_per_step
 
 C, SIDE, CLASSES = 4, 8, 10
@@ -123,7 +123,7 @@ def test_gflops_matches_flop_counter(learn_sigma):
     assert flops[1] > flops[2] > flops[4] > 0
     for patch, analytic in flops.items():
         model = _dit(patch, learn_sigma=learn_sigma).eval()
-        # CPU fused SDPA is invisible to FlopCounterMode (see pixbench.eval.flops); the manual
+        # CPU fused SDPA is invisible to FlopCounterMode (see pixbench.models.flops); the manual
         # path makes QK^T and AV visible matmuls, and then the count is exact
         fused = _counted_gflops(model)
         for block in model.blocks:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixbench.eval.flops import attention_fraction, vit_forward_flops, vit_train_flops
+from pixbench.models.flops import attention_fraction, vit_forward_flops, vit_train_flops
 from pixbench.models.vit import vit, vit_shape
 
 

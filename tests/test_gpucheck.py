@@ -1,6 +1,7 @@
-"""The GPU validation kit (pixbench.gpucheck) in its CPU form, as CI runs it, plus its harness.
+"""The GPU validation kit (tools/gpucheck) in its CPU form, as CI runs it, plus its harness.
 
-- the CPU form end to end through the real command (`python -m pixbench.gpucheck --cpu`): every
+- the CPU form end to end through the real command (`python -m gpucheck --cpu` with the
+  Makefile's TOOLS_PATH: tools/, bench/ and src/ on the path): every
   step passes, the summary and the benchmark files are written, exit code 0, and nothing the
   steps import is missing from the GPU image + carried wheels. Two cuts keep it near 20 s on
   two cores: `--skip ddp-2` (2 gloo ranks are tests/test_ddp*.py's) and `--bench-select` (the
@@ -23,18 +24,22 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pixbench.gpucheck import steps as gc_steps
-from pixbench.gpucheck.harness import PLANT_ENV, Harness, Step, StepSkipped
+from gpucheck import steps as gc_steps
+from gpucheck.harness import PLANT_ENV, Harness, Step, StepSkipped
 
 ALL_CPU_STEPS = [s.name for s in gc_steps.all_steps(cpu=True)]
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS_PATH = os.pathsep.join(str(ROOT / d) for d in ("tools", "bench", "src"))  # = Makefile's
 BENCH_CASES = "vit_train/xxs-p1-8px,vit_train/xxs-p2-8px-fp32,dit_train/xxs-p1"
 
 
 def run_kit(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[int, dict, str]:
-    cmd = [sys.executable, "-m", "pixbench.gpucheck", "--cpu", "--out", str(tmp_path / "out"),
+    cmd = [sys.executable, "-m", "gpucheck", "--cpu", "--out", str(tmp_path / "out"),
            "--work", str(tmp_path / "work"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})})
+                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {}),
+                               "PYTHONPATH": os.pathsep.join(filter(None, (
+                                   TOOLS_PATH, os.environ.get("PYTHONPATH"))))})
     found = list((tmp_path / "out").glob("gpu-check-summary-cpu-*.json"))
     assert len(found) == 1, proc.stdout + proc.stderr
     return proc.returncode, json.loads(found[0].read_text()), proc.stdout + proc.stderr
@@ -155,7 +160,7 @@ def test_select_adds_what_a_step_needs():
 
 def test_check_params_are_the_recipes_with_small_overrides(tmp_path):
     from pixbench.config import load_params
-    from pixbench.gpucheck.data import FORMS, check_params, read_recipes
+    from gpucheck.data import FORMS, check_params, read_recipes
 
     recipes = read_recipes()
     for form in ("cpu", "gpu"):
@@ -169,8 +174,8 @@ def test_check_params_are_the_recipes_with_small_overrides(tmp_path):
 
 
 def test_judge_flags_errors_unreached_and_impossible_mfu(tmp_path):
-    from pixbench.gpucheck.context import Ctx
-    from pixbench.gpucheck.judge import judge_bench
+    from gpucheck.context import Ctx
+    from gpucheck.judge import judge_bench
 
     ctx = Ctx(cpu=False, work="w", out="o", params="p", bench_suite="gpu-check",
               bench_select=("vit_train/s-p1-32px-bf16",))
@@ -191,7 +196,7 @@ def test_judge_flags_errors_unreached_and_impossible_mfu(tmp_path):
 
 
 def test_wheel_list_carries_only_what_the_image_lacks():
-    from pixbench.gpucheck import wheels
+    from gpucheck import wheels
 
     names = [wheels.normalize(r.split("==")[0]) for r in wheels.CARRY]
     assert len(names) == len(set(names)) and all("==" in r for r in wheels.CARRY)

@@ -85,10 +85,7 @@ CASES = [
     ("sample-n-negative", "gen", [*SAMPLE, "-n", "-5"], "-n"),
     ("sample-out-dir", "gen", [*SAMPLE, "--out", "data"], "--out"),
     ("sample-out-jpg", "gen", [*SAMPLE, "--out", "grid.jpg"], "--out"),
-    ("bench-threads-negative", "tiny", ["bench", "--threads", "-1"], "--threads"),
-    ("bench-threads-0", "tiny", ["bench", "--threads", "0"], "--threads"),
-    ("bench-suite", "tiny", ["bench", "--suite", "nope"], "--suite"),
-    ("bench-profile", "tiny", ["bench", "--profile", "quick"], "--profile"),
+    # the benchmark suite's flags (`make bench`, no pixbench command): tests/test_tooling.py
     # the parser's own errors: one line too
     ("unknown-option", "tiny", [*CLASSIFY, "--bogus"], "--bogus"),
     ("unknown-command", "tiny", ["train"], "train"),

@@ -312,7 +312,7 @@ def test_cifar_diagnosis_never_unpickles_code(tmp_path, marker):
 @pytest.mark.parametrize("which", ["params.yaml", "cluster.yaml"])
 def test_yaml_never_runs_tags(workdir, marker, monkeypatch, which):
     from pixbench.config import load_params
-    from pixbench.launch import load_cluster
+    from pixbench.cluster import load_cluster
 
     monkeypatch.setenv("PIXBENCH_CLUSTER_DIR", str(workdir))
     path = workdir / which

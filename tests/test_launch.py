@@ -6,27 +6,27 @@ import pickle
 
 import pytest
 
-from pixbench import launch
+from pixbench import cluster, launch
 from pixbench.tasks.table import Task
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.errors import UserError
 
 
 def test_repo_cluster_profiles_validate():
-    for path in sorted(launch.CLUSTER_DIR.glob("*.yaml")):
-        assert launch.load_cluster(path.stem).partition
+    for path in sorted(cluster.CLUSTER_DIR.glob("*.yaml")):  # their tasks: keys too
+        assert launch.load_task_cluster(path.stem).partition
 
 
 def test_bad_cluster_profile_names_file_and_field(tmp_path, monkeypatch):
     monkeypatch.setenv("PIXBENCH_CLUSTER_DIR", str(tmp_path))
     (tmp_path / "c.yaml").write_text("partition: gpu\ngpus: 8\n")
     with pytest.raises(UserError, match=r"c.yaml: gpus: unknown key"):
-        launch.load_cluster("c")
+        cluster.load_cluster("c")
     (tmp_path / "c.yaml").write_text("partition: gpu\ntimeout_min: soon\n")
     with pytest.raises(UserError, match=r"c.yaml: timeout_min: Input should be a valid integer"):
-        launch.load_cluster("c")
+        cluster.load_cluster("c")
     with pytest.raises(UserError, match="cluster profile not found.*known: c"):
-        launch.load_cluster("nope")
+        cluster.load_cluster("nope")
 
 
 def test_launcher_resolution(monkeypatch):

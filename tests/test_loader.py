@@ -13,7 +13,7 @@ from pixbench.config import AugmentConfig
 from pixbench.data import loader
 from pixbench.data.augment import normalize
 from pixbench.data.loader import Rows, StepBatches, batches
-from pixbench.tasks.seeds import epoch_order, generator
+from pixbench.rng import epoch_order, generator
 
 # the ImageNet-28 recipe's augmentation (params.yaml recipes.classify) and the CPU profile's
 IMAGENET28 = AugmentConfig(hflip=True, crop_padding=0, rrc_scale_min=0.2, color_jitter=0.4,

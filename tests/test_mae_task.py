@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pixbench.tasks.table import TASKS
 from pixbench.config import Paths, load_params, make_mae_spec, make_pretrain_spec
 from pixbench.errors import UserError
 from pixbench.runio import CKPT_NAME
@@ -111,7 +112,7 @@ def test_report_mae_section(tiny_project):
     for task in ("mae-finetune", "mae-linprobe", "mae-scratch"):
         spec = make_mae_spec(params, task=task, size=None, patch=4, seed=0)
         tops[task] = classify.run(spec, Paths(), progress=False)["top1"]
-    text = build_report(params, Paths()).read_text()
+    text = build_report(params, Paths(), TASKS).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| ViT-XXS/4 | `pix` | 4 |"))
     assert f"{tops['mae-scratch']:.2f} (n=1)" in row and f"{tops['mae-linprobe']:.2f} (n=1)" in row
     assert f"{tops['mae-finetune'] - tops['mae-scratch']:+.2f} pt" in row

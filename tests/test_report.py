@@ -11,6 +11,7 @@ import pytest
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.errors import UserError
 from pixbench.report import build_report
+from pixbench.tasks.table import TASKS
 
 
 def _fixture_run(runs, patch, seed, top1, variant=None, params=None):
@@ -42,7 +43,7 @@ def test_report_tables_plots_and_determinism(workdir, tiny_params):
             _fixture_run(runs, patch, seed, acc, params=params)
     _fixture_run(runs, 1, 0, 61.0, variant="shuffle", params=params)
     _fixture_run(runs, 4, 0, 55.0, variant="shuffle", params=params)
-    path = build_report(params, Paths())
+    path = build_report(params, Paths(), TASKS)
     text = path.read_text()
     assert "| ViT-XXS/1 | 1 | 62.17 ± 2.02 (n=3) | 61.00 (n=1) |" in text
     assert "| ViT-XXS/4 | 4 | 80.17 ± 0.76 (n=3) | 55.00 (n=1) |" in text
@@ -72,13 +73,13 @@ def test_report_tables_plots_and_determinism(workdir, tiny_params):
     for f in figs:
         assert f.name in text and f.read_bytes()[:4] == b"\x89PNG"
     before = {f: f.read_bytes() for f in [path, workdir / "reports" / "report.html", *figs]}
-    build_report(params, Paths())
+    build_report(params, Paths(), TASKS)
     assert all(f.read_bytes() == b for f, b in before.items())
 
 
 def test_report_without_runs_says_so(workdir, tiny_params):
     params = load_params(write_params(workdir / "params.yaml", tiny_params))
-    text = build_report(params, Paths()).read_text()
+    text = build_report(params, Paths(), TASKS).read_text()
     assert "No finished runs" in text and "## Locality" not in text
 
 
@@ -89,7 +90,7 @@ def test_report_refuses_runs_of_other_settings(workdir, tiny_params):
     tiny_params["profiles"]["tiny"]["classify"]["epochs"] = 7  # params changed, run not redone
     changed = load_params(write_params(workdir / "params.yaml", tiny_params))
     with pytest.raises(UserError, match="classify-xxs-p1-s0: refused, made with other settings"):
-        build_report(changed, Paths())
+        build_report(changed, Paths(), TASKS)
 
 
 def test_bench_section_reads_full_results_only(tmp_path):
@@ -135,7 +136,7 @@ def test_report_shows_only_the_current_sweep_and_the_dataset(workdir, tiny_param
         **tiny_params, "sweep": {**tiny_params["sweep"], "seeds": [0, 1, 2]}}))
     for seed, acc in enumerate([60.0, 64.0, 62.5]):
         _fixture_run(runs, 1, seed, acc, params=wide)
-    text = build_report(params, Paths()).read_text()
+    text = build_report(params, Paths(), TASKS).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| ViT-XXS/1 |"))
     assert "| 60.00 |" in row and row.rstrip().endswith("| 1 | 5 |")
     assert "| ViT-XXS/1 | 1 |" not in text.split("Per seed")[1].split("Plateau:")[0]
@@ -147,7 +148,7 @@ def test_paper_table_only_beside_its_dataset(workdir, tiny_params):
     tiny_params["profiles"]["tiny"]["data"]["source"] = "cifar100"
     tiny_params["profiles"]["tiny"]["data"]["image_size"] = 32
     text = build_report(load_params(write_params(workdir / "params.yaml", tiny_params)),
-                        Paths()).read_text()
+                        Paths(), TASKS).read_text()
     assert "| CIFAR-100 32x32 | S (384, 12) | 83.7 | 86.4 | [S]" in text
     assert "ImageNet 28x28" not in text and "not shown" not in text
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixbench import launch
+from pixbench import cluster, launch
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.errors import UserError
 from pixbench.runio import CKPT_NAME
@@ -90,7 +90,8 @@ def _wait_for_checkpoint(path: Path, min_step: int, timeout_s: float = 120) -> N
 def test_interrupted_job_requeues_and_ends_bitwise_identical(tiny_project, tmp_path, monkeypatch):
     spec = _spec(tiny_project, patch=2, epochs=25, checkpoint_every_s=0.1)  # 200 steps
     paths = Paths()
-    executor = launch.make_executor(launch.load_cluster("local"), tmp_path / "submitit", "requeue")
+    executor = cluster.make_executor(cluster.load_cluster("local"), tmp_path / "submitit",
+                                     "requeue")
     job = executor.submit(launch.TaskJob("classify", spec.canonical(), launch._abs_paths(paths)))
     ckpt = paths.run_dir(spec.profile, spec.run_id) / CKPT_NAME
     _wait_for_checkpoint(ckpt, min_step=3)
@@ -102,7 +103,7 @@ def test_interrupted_job_requeues_and_ends_bitwise_identical(tiny_project, tmp_p
     assert step_at_interrupt < 25 * 8, "finished before the interrupt: make the job longer"
     _wait_for_checkpoint(ckpt, min_step=step_at_interrupt + 1)
     print(f"interrupt -> resumed training: {time.perf_counter() - t_int:.1f} s")
-    metrics = launch.wait_for(job, spec.run_id)
+    metrics = cluster.wait_for(job, spec.run_id)
     assert metrics["steps"] == 25 * (256 // 32)
     logs = "".join(p.read_text() for p in (tmp_path / "submitit").glob("*_log.err"))
     assert "requeu" in logs.lower()
@@ -121,14 +122,14 @@ def test_failing_job_reports_the_remote_error(tiny_project, tmp_path, capsys):
 
 def test_cancelled_job_ends_with_a_clear_message(tiny_project, tmp_path):
     spec = _spec(tiny_project, patch=1, epochs=500)
-    executor = launch.make_executor(launch.load_cluster("local"), tmp_path / "submitit", "cancel")
+    executor = cluster.make_executor(cluster.load_cluster("local"), tmp_path / "submitit", "cancel")
     job = executor.submit(launch.TaskJob("classify", spec.canonical(), launch._abs_paths(Paths())))
     while job.state in ("UNKNOWN", "PENDING"):
         time.sleep(0.2)
     t0 = time.perf_counter()
     job.cancel()
     with pytest.raises(UserError, match="ended without a result"):
-        launch.wait_for(job, spec.run_id)
+        cluster.wait_for(job, spec.run_id)
     print(f"cancel -> clear error: {time.perf_counter() - t0:.1f} s")
 
 
@@ -148,7 +149,7 @@ def test_usr2_then_sigterm_checkpoint_at_a_step_boundary_and_end_identical(tiny_
 
     spec = _spec(tiny_project, patch=2, epochs=40, checkpoint_every_s=3600.0)  # 320 steps
     paths, folder = Paths(), tmp_path / "submitit"
-    executor = launch.make_executor(launch.load_cluster("local"), folder, "signals")
+    executor = cluster.make_executor(cluster.load_cluster("local"), folder, "signals")
     job = executor.submit(launch.TaskJob("classify", spec.canonical(), launch._abs_paths(paths)))
     ckpt = paths.run_dir(spec.profile, spec.run_id) / CKPT_NAME
     _wait_for_checkpoint(ckpt, min_step=8)  # the end of epoch 1
@@ -172,7 +173,7 @@ def test_usr2_then_sigterm_checkpoint_at_a_step_boundary_and_end_identical(tiny_
         time.sleep(0.2)
     term = re.search(r"SIGTERM: checkpointed at step (\d+)", _log_text(folder))
     print(f"USR2 after step >= {before}: checkpointed at step {usr2[1]}; SIGTERM: step {term[1]}")
-    metrics = launch.wait_for(job, spec.run_id)
+    metrics = cluster.wait_for(job, spec.run_id)
     assert metrics["steps"] == 40 * 8
 
     _assert_same_as_a_local_run(spec, ckpt, tmp_path, monkeypatch)

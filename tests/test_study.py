@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY_DATA, make_tiny_cache
 from studyrepo import make_study_repo, study_params
 
-from pixbench import launch
+from pixbench import cluster, launch
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.config.pipeline import PrepareSpec
 from pixbench.errors import UserError
@@ -23,7 +23,7 @@ def test_task_resources_default_to_the_profile_and_validate(tmp_path, monkeypatc
     (tmp_path / "c.yaml").write_text(
         "partition: gpu\ngpus_per_node: 8\ntasks_per_node: 8\nmem_gb: 480\ntasks:\n"
         "  report: {gpus_per_node: 0, mem_gb: 16}\n  dit: {timeout_min: 2880}\n")
-    profile = launch.load_cluster("c")
+    profile = cluster.load_cluster("c")
     assert profile.resources("report") == {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1,
                                            "cpus_per_task": 2, "mem_gb": 16, "timeout_min": 60}
     assert profile.resources("dit")["gpus_per_node"] == 8 and \
@@ -31,18 +31,18 @@ def test_task_resources_default_to_the_profile_and_validate(tmp_path, monkeypatc
     assert profile.resources("classify") == profile.resources(None)
     (tmp_path / "c.yaml").write_text("partition: gpu\ntasks:\n  dit-train: {gpus_per_node: 1}\n")
     with pytest.raises(UserError, match=r"c.yaml: tasks: unknown task 'dit-train' \(known: "):
-        launch.load_cluster("c")
+        launch.load_task_cluster("c")  # the task table is above the cluster module
     (tmp_path / "c.yaml").write_text("partition: gpu\ntasks:\n  dit: {gpus: 1}\n")
     with pytest.raises(UserError, match=r"c.yaml: tasks.dit.gpus: unknown key"):
-        launch.load_cluster("c")
+        cluster.load_cluster("c")
     (tmp_path / "c.yaml").write_text("partition: gpu\ntasks:\n  dit: {mem_gb: -1}\n")
     with pytest.raises(UserError, match=r"c.yaml: tasks.dit.mem_gb: Input should be greater"):
-        launch.load_cluster("c")
+        cluster.load_cluster("c")
 
 
 def test_make_executor_sets_dependency_and_task_resources(tmp_path):
-    profile = launch.ClusterProfile(partition="p", tasks={"report": {"cpus_per_task": 5}})
-    ex = launch.make_executor(profile, tmp_path, "x", "report", ["12_3", "14"])
+    profile = cluster.ClusterProfile(partition="p", tasks={"report": {"cpus_per_task": 5}})
+    ex = cluster.make_executor(profile, tmp_path, "x", "report", ["12_3", "14"])
     params = ex._executor.parameters
     assert params["cpus_per_task"] == 5
     assert params["additional_parameters"] == {"dependency": "afterok:12_3:14",
@@ -84,12 +84,13 @@ def study_repo(tmp_path_factory):
 
 
 def test_the_dag_comes_from_dvc(study_repo, monkeypatch):
+    from pixbench.cli.options import pixbench_command as cli
     from pixbench.study.dag import load_cells
 
     monkeypatch.chdir(study_repo)
     for var in ("PIXBENCH_RUNS_DIR", "PIXBENCH_CACHE_DIR", "PIXBENCH_REPORTS_DIR"):
         monkeypatch.delenv(var, raising=False)
-    cells = {c.name: c for c in load_cells(study_repo)}
+    cells = {c.name: c for c in load_cells(study_repo, cli=cli)}
     assert len(cells) == 25 and not any(c.done for c in cells.values())
     assert cells["mae-finetune@xxs-2-0"].parents == ["mae-pretrain@xxs-2-0", "prepare"]
     assert cells["dit-eval@xxs-1-0"].parents == ["dit-train@xxs-1-0", "featnet", "vq-encode",
@@ -101,11 +102,11 @@ def test_the_dag_comes_from_dvc(study_repo, monkeypatch):
     assert "report" in cells["verify"].parents  # verify reads the report: the last stage
     names = list(cells)
     assert all(names.index(p) < names.index(n) for n, c in cells.items() for p in c.parents)
-    small = [c.name for c in load_cells(study_repo, ["mae-linprobe"])]
+    small = [c.name for c in load_cells(study_repo, ["mae-linprobe"], cli=cli)]
     assert sorted(small) == ["mae-linprobe@xxs-2-0", "mae-linprobe@xxs-4-0",
                              "mae-pretrain@xxs-2-0", "mae-pretrain@xxs-4-0", "prepare"]
     with pytest.raises(UserError, match="study target 'nope'"):
-        load_cells(study_repo, ["nope"])
+        load_cells(study_repo, ["nope"], cli=cli)
 
 
 class FakeExecutor:
@@ -146,15 +147,16 @@ class FakeExecutor:
 
 
 def test_cells_go_as_arrays_waiting_only_for_their_parents(study_repo, monkeypatch):
+    from pixbench.cli.options import pixbench_command
     from pixbench.study.dag import load_cells
     from pixbench.study.submit import submit_cells
 
     monkeypatch.chdir(study_repo)
     for var in ("PIXBENCH_RUNS_DIR", "PIXBENCH_CACHE_DIR", "PIXBENCH_REPORTS_DIR"):
         monkeypatch.delenv(var, raising=False)
-    cells = load_cells(study_repo, ["classify", "mae-finetune"])
+    cells = load_cells(study_repo, ["classify", "mae-finetune"], cli=pixbench_command)
     cells[[c.name for c in cells].index("mae-pretrain@xxs-4-0")].done = True  # reused
-    monkeypatch.setattr(launch, "make_executor",
+    monkeypatch.setattr(cluster, "make_executor",
                         lambda profile, folder, name, task, deps: FakeExecutor(task, deps))
     FakeExecutor.log.clear()
     jobs = submit_cells(cells, profile=None, folder=study_repo, paths={})

@@ -16,7 +16,8 @@ from pixbench.config import Paths, load_params
 from pixbench.config.pipeline import sweep_runs
 from pixbench.errors import UserError
 from pixbench.verify import collect, compare, metrics_path, reference_path, result_path
-from pixbench.verify.compare import RESULTS, tolerance
+from pixbench.tasks.table import RESULTS, TASKS
+from pixbench.verify.compare import tolerance
 from pixbench.verify.machine import cpu_flags, describe, machine_kind, same_kind
 
 VERIFY = {"k": 4.0, "rel_floor": 0.01, "single_seed_rel": 0.15, "alpha": 0.05, "sanity": {}}
@@ -62,11 +63,11 @@ def base(run, metric) -> float:
 
 
 def run_verify(params, here=HERE) -> dict:
-    return compare(params, Paths(), collect(params, Paths(), here))
+    return compare(params, Paths(), collect(params, Paths(), here, TASKS))
 
 
 def write_reference(params, here=HERE, **machine) -> None:
-    ref = collect(params, Paths(), here)
+    ref = collect(params, Paths(), here, TASKS)
     ref["machine"].update(machine)
     path = reference_path(Paths(), params.profile)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def test_cells_come_from_the_sweep_not_the_disk(project, tiny_params, workdir, c
     p["locality"]["run"] = []
     p["mae_sweep"].update(patches=[4], alt_target=None, alt_patches=[])
     one_seed = load_params(write_params(workdir / "params.yaml", p))
-    fresh = collect(one_seed, Paths(), HERE)
+    fresh = collect(one_seed, Paths(), HERE, TASKS)
     assert [len(g["runs"]) for g in fresh["groups"].values()] == [1] * n_cells(one_seed)
     res = run_verify(one_seed)  # seed 0 is bitwise the reference's seed 0
     assert res["reproduced"] == res["cells"] == n_cells(one_seed)
@@ -147,16 +148,16 @@ def test_refusals_and_a_profile_without_reference(project, capsys):
     run0 = sweep_runs(project)[0]
     (Paths().run_dir(project.profile, run0.run_id) / "metrics.json").unlink()
     with pytest.raises(UserError, match="1 run\\(s\\) of the current sweep have no results"):
-        collect(project, Paths(), HERE)
+        collect(project, Paths(), HERE, TASKS)
     write_runs(project, base)
     d = Paths().run_dir(project.profile, run0.run_id)
     (d / "metrics.json").write_text(json.dumps({"spec_digest": "0" * 16, "top1": 1.0}))
     with pytest.raises(UserError, match="made with other settings"):
-        collect(project, Paths(), HERE)
+        collect(project, Paths(), HERE, TASKS)
     write_runs(project, base)
     ref = reference_path(Paths(), project.profile)
     ref.parent.mkdir(parents=True)
-    groups = {g: {} for g in collect(project, Paths(), HERE)["groups"]}
+    groups = {g: {} for g in collect(project, Paths(), HERE, TASKS)["groups"]}
     ref.write_text(json.dumps({"format": 1, "machine": {}, "groups": groups}))
     with pytest.raises(UserError, match="tiny.json: malformed reference"):
         run_verify(project)
@@ -179,9 +180,10 @@ def test_seeds_on_one_tokenizer_count_as_one_replicate():
     from pixbench.verify.compare import judge_group
 
     def group(task, losses):
-        return {"task": task, "runs": [{"run_id": f"r{i}", "seed": i, "spec_digest": "d",
-                                        "values": {"train_loss": v, "top1": v}}
-                                       for i, v in enumerate(losses)]}
+        metric = RESULTS[task][0]
+        return {"task": task, "shared": TASKS[task].shared_upstream,
+                "runs": [{"run_id": f"r{i}", "seed": i, "spec_digest": "d",
+                          "values": {metric: v}} for i, v in enumerate(losses)]}
 
     cfg = load_cfg()  # single_seed_rel 0.15
     ref, moved, broken = [0.0816, 0.08164], [0.0870, 0.08704], [0.110, 0.1101]

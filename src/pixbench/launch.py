@@ -14,123 +14,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
-import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from submitit.helpers import Checkpointable, DelayedSubmission  # ~0.3 s; launch.py is imported lazily
 
+from pixbench.cluster import (ClusterProfile, in_slurm_job, load_cluster, make_executor,
+                              wait_for)
 from pixbench.errors import UserError
 from pixbench.tasks.table import STATELESS, TASKS
 from pixbench.tasks.table import task as task_entry
 
 Launcher = Literal["local", "slurm"]
-CLUSTER_DIR = Path(__file__).resolve().parents[2] / "slurm" / "clusters"
 
 
-# The resources a task's job may set in a profile's `tasks:` section; unset keys take the
-# profile's top-level values.
-RESOURCE_KEYS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
-                 "timeout_min")
-
-
-class TaskResources(BaseModel):
-    """One task's job resources (slurm/clusters/<name>.yaml: tasks.<task>)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    nodes: int | None = Field(None, ge=1)
-    gpus_per_node: int | None = Field(None, ge=0)
-    tasks_per_node: int | None = Field(None, ge=1)
-    cpus_per_task: int | None = Field(None, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    timeout_min: int | None = Field(None, ge=1)
-
-
-class ClusterProfile(BaseModel):
-    """A SLURM cluster profile (slurm/clusters/<name>.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    partition: str = Field(description="SLURM partition (--partition).")
-    account: str | None = Field(None, description="Account to charge (--account).")
-    qos: str | None = Field(None, description="Quality of service (--qos).")
-    constraint: str | None = Field(None, description="Node features (--constraint), e.g. h100.")
-    nodes: int = Field(1, ge=1, description="Nodes per job.")
-    gpus_per_node: int = Field(0, ge=0, description="GPUs per node; one DDP rank per GPU.")
-    tasks_per_node: int = Field(1, ge=1, description="Processes per node (DDP ranks); set to "
-                                "gpus_per_node on GPU clusters.")
-    cpus_per_task: int = Field(2, ge=1, description="CPU cores per task.")
-    mem_gb: float = Field(8, gt=0, description="Memory per node in GB.")
-    timeout_min: int = Field(60, ge=1, description="Time limit per job (minutes); jobs past "
-                             "it are requeued and resume.")
-    signal_delay_s: int = Field(120, ge=0, description="Seconds before the limit that SLURM "
-                                "sends USR2 so the job can requeue itself.")
-    array_parallelism: int = Field(64, ge=1, description="Max array tasks running at once.")
-    max_requeues: int = Field(20, ge=0, description="Max preemption/timeout requeues per job.")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before the "
-                             "task (module load, source a venv...).")
-    tasks: dict[str, TaskResources] = Field(default_factory=dict, description="Per-task "
-                                            "resources (keys of tasks/table.py TASKS); unset keys "
-                                            "take the values above.")
-
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: dict) -> dict:
-        unknown = sorted(set(tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task {unknown[0]!r} (known: {', '.join(sorted(TASKS))})")
-        return tasks
-
-    def resources(self, task: str | None) -> dict:
-        """The job resources of `task`: its `tasks:` entry over the top-level values. A task
-        that sets gpus_per_node but not tasks_per_node gets one rank per GPU (at least one)."""
-        own = self.tasks[task].model_dump(exclude_none=True) if task in self.tasks else {}
-        if "gpus_per_node" in own and "tasks_per_node" not in own:
-            own["tasks_per_node"] = max(1, own["gpus_per_node"])
-        return {k: own.get(k, getattr(self, k)) for k in RESOURCE_KEYS}
-
-
-def cluster_dir() -> Path:
-    return Path(os.environ.get("PIXBENCH_CLUSTER_DIR", CLUSTER_DIR))
-
-
-def load_cluster(name: str, source: str = "--cluster") -> ClusterProfile:
-    """The profile slurm/clusters/NAME.yaml, checked as params are: an unknown name, an
-    unreadable or broken file, an unknown key or a bad value is one line naming it (`source`:
-    where the name came from, --cluster or PIXBENCH_CLUSTER)."""
-    from pixbench.config.schema import check_name
-
-    check_name(name, source)  # a file name under the cluster dir, never a path
-    path = cluster_dir() / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in cluster_dir().glob("*.yaml"))
-        raise UserError(f"{source}={name}: cluster profile not found: {path} (known: "
-                        f"{', '.join(known) or 'none'})")
-    try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the cluster profile ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text (a cluster profile is YAML)") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise UserError(f"{path}: invalid YAML{at}") from None
-    if not isinstance(data, dict | None):
-        raise UserError(f"{path}: a cluster profile is a mapping of keys (partition: ...), "
-                        f"not a {type(data).__name__}")
-    try:
-        return ClusterProfile.model_validate(data or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        msg = msg.removeprefix("Value error, ")
-        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {msg}") from None
+def load_task_cluster(name: str, source: str = "--cluster") -> ClusterProfile:
+    """The cluster profile (cluster.load_cluster) with its `tasks:` keys checked against the
+    task table, which the base cluster module cannot import: a misspelt task there would
+    silently run with the profile's top-level resources."""
+    return load_cluster(name, source, known_tasks=TASKS)
 
 
 def resolve_launcher(launcher: str | None, cluster: str | None) -> tuple[Launcher, str | None]:
@@ -145,57 +48,13 @@ def resolve_launcher(launcher: str | None, cluster: str | None) -> tuple[Launche
     if launcher not in ("local", "slurm"):
         raise UserError(f"--launcher must be 'local' or 'slurm', not {launcher!r}")
     if cluster:
-        load_cluster(cluster, source)
+        load_task_cluster(cluster, source)
     if launcher == "slurm":
         if not cluster:
             raise UserError("--launcher slurm needs --cluster NAME (or PIXBENCH_CLUSTER)")
         if shutil.which("sbatch") is None:
             raise UserError("--launcher slurm: sbatch is not on PATH (no SLURM here)")
     return launcher, cluster
-
-
-def make_executor(profile: ClusterProfile, folder: Path, name: str, task: str | None = None,
-                  dependency: list[str] | None = None):
-    """A submitit executor for `task`'s resources; `dependency`: job ids that must all end OK
-    first (`afterok`); if one fails SLURM cancels this job too (`--kill-on-invalid-dep`)."""
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
-                                     slurm_max_num_timeout=profile.max_requeues)
-    extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos),
-                               ("constraint", profile.constraint)) if v}
-    if dependency:
-        extra.update(dependency="afterok:" + ":".join(dependency), kill_on_invalid_dep="yes")
-    res = profile.resources(task)
-    executor.update_parameters(
-        name=name, slurm_partition=profile.partition, nodes=res["nodes"],
-        tasks_per_node=res["tasks_per_node"], cpus_per_task=res["cpus_per_task"],
-        gpus_per_node=res["gpus_per_node"] or None, mem_gb=res["mem_gb"],
-        timeout_min=res["timeout_min"], slurm_signal_delay_s=profile.signal_delay_s,
-        slurm_array_parallelism=profile.array_parallelism,
-        slurm_setup=profile.setup or None, slurm_additional_parameters=extra or None)
-    return executor
-
-
-def wait_for(job: Any, label: str, poll_s: float = 1.0) -> Any:
-    """Block until the job ends, showing its state; return its result or raise a clear error."""
-    import submitit
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    with console.status(f"{label}: job {job.job_id} submitted") as status:
-        while not job.done():
-            status.update(f"{label}: job {job.job_id} {job.state}")
-            time.sleep(poll_s)
-    try:
-        return job.result()
-    except submitit.core.utils.FailedJobError as exc:
-        print(str(exc), file=sys.stderr)  # includes the remote traceback
-        raise UserError(f"{label}: job {job.job_id} failed (remote traceback above; logs in "
-                        f"{job.paths.folder})") from None
-    except submitit.core.utils.UncompletedJobError as exc:
-        raise UserError(f"{label}: job {job.job_id} ended without a result "
-                        f"({job.state}): {str(exc).splitlines()[0]}") from None
 
 
 # ------------------------------------------------------------------------------------ the task
@@ -289,11 +148,6 @@ def _prepared(spec, paths) -> dict | None:
             "num_classes": manifest["num_classes"]}
 
 
-def in_slurm_job() -> bool:
-    """Inside a job submitit started on SLURM (its batch script exports this)."""
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
-
-
 def launch(spec, paths, *, launcher: str | None, cluster: str | None,
            stale: str = "error", device: str = "auto", wait: bool = True) -> dict:
     """Run one task spec here or on SLURM; blocking mode returns the metrics. A finished cell
@@ -317,7 +171,7 @@ def launch(spec, paths, *, launcher: str | None, cluster: str | None,
                 return alone
         return task_entry(task).run(spec, paths, stale=stale, device=device)
     job = TaskJob(task, spec.canonical(), _abs_paths(paths), stale, device)
-    profile = load_cluster(cluster)
+    profile = load_task_cluster(cluster)
     executor = make_executor(profile, paths.logs_dir.resolve() / "submitit", spec.run_id, task)
     submitted = executor.submit(job)
     if not wait:
@@ -342,7 +196,7 @@ def sweep(specs: list, paths, *, launcher: str | None, cluster: str | None,
         entry = task_entry(task)
         return rows + [{"run_id": s.run_id, "state": "DONE", **entry.run(s, paths, stale="restart")}
                        for s in pending]
-    executor = make_executor(load_cluster(cluster), paths.logs_dir.resolve() / "submitit",
+    executor = make_executor(load_task_cluster(cluster), paths.logs_dir.resolve() / "submitit",
                              f"pixbench-{task}-sweep", task)
     with executor.batch():
         jobs = [executor.submit(TaskJob(task, s.canonical(), _abs_paths(paths), "restart"))

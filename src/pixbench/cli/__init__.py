@@ -17,7 +17,7 @@ import typer
 
 from pixbench import __version__
 # The nouns, in --help order; importing one registers its commands.
-from pixbench.cli import data, classify, mae, bench, report, verify, gen, params, study  # noqa: F401,I001
+from pixbench.cli import data, classify, mae, report, verify, gen, params, study  # noqa: F401,I001
 from pixbench.cli.options import CONTEXT, mount
 from pixbench.errors import UserError
 

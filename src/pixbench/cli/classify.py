@@ -21,7 +21,7 @@ KEYS = ("run_id", "top1", "top5", "tokens", "params", "gflops_train", "train_img
         "infer_img_per_s", "peak_mem_mb", "wall_s", "job_id", "state", "logs")
 
 
-@spec_command(app, "run", task="classify", keys=KEYS)
+@spec_command(app, "run", keys=KEYS)
 def classify_run(params, patch: PatchOpt, seed: SeedOpt = 0, size: SizeOpt = None,
                  variant: VariantOpt = None):
     """Train and evaluate one ViT cell (here or on SLURM); resumes from its checkpoint."""

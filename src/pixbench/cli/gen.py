@@ -27,7 +27,7 @@ def _keys(*keys: str) -> tuple[str, ...]:
     return ("run_id", *keys, "wall_s", "job_id", "state", "logs")
 
 
-@spec_command(vq_app, "train", task="vq",
+@spec_command(vq_app, "train",
               keys=_keys("steps", "train_s", "final_l1", "code_restarts"))
 def vq_train(params):
     """Train the profile's VQGAN (or import vq.pretrained); resumes from its checkpoint."""
@@ -36,7 +36,7 @@ def vq_train(params):
     return make_vq_spec(params)
 
 
-@spec_command(vq_app, "encode", task="vq-encode",
+@spec_command(vq_app, "encode",
               keys=_keys("latent_shape", "scale_factor", "train_codebook_usage"))
 def vq_encode(params):
     """Encode the train and val images to cached latents (+ codes, labels, manifest)."""
@@ -45,7 +45,7 @@ def vq_encode(params):
     return make_encode_spec(params)
 
 
-@spec_command(vq_app, "eval", task="vq-eval",
+@spec_command(vq_app, "eval",
               keys=_keys("psnr", "l1", "codebook_usage", "perplexity", "rfid_featnet"))
 def vq_eval(params):
     """Reconstruction metrics: PSNR, L1, codebook usage and perplexity, rFID (FeatNet)."""
@@ -54,7 +54,7 @@ def vq_eval(params):
     return make_vq_eval_spec(params)
 
 
-@spec_command(featnet_app, "train", task="featnet", keys=_keys("val_top1", "train_s"))
+@spec_command(featnet_app, "train", keys=_keys("val_top1", "train_s"))
 def featnet_train(params, seed: SeedOpt = 0):
     """Train the FID feature classifier on the generation track's images."""
     from pixbench.config import make_featnet_spec
@@ -62,7 +62,7 @@ def featnet_train(params, seed: SeedOpt = 0):
     return make_featnet_spec(params, seed=seed)
 
 
-@spec_command(dit_app, "train", task="dit",
+@spec_command(dit_app, "train",
               keys=_keys("tokens", "steps", "train_loss", "gflops_per_step", "train_s"))
 def dit_train(params, patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = None):
     """Train one DiT cell on the tokenizer's latents; resumes from its checkpoint."""
@@ -71,7 +71,7 @@ def dit_train(params, patch: PatchOpt, seed: SeedOpt = 0, size: DitSizeOpt = Non
     return make_dit_spec(params, size=size, patch=patch, seed=seed)
 
 
-@spec_command(dit_app, "eval", task="dit-eval",
+@spec_command(dit_app, "eval",
               keys=_keys("fid_featnet", "isc_featnet_mean", "kid_featnet_mean",
                          "precision_featnet", "recall_featnet", "fid_inception",
                          "sample_img_per_s"))

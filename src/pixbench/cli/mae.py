@@ -36,4 +36,4 @@ def _spec_maker(task: str):
 
 
 for _name, _task, _doc in COMMANDS:
-    spec_command(app, _name, task=_task, keys=KEYS, doc=_doc)(_spec_maker(_task))
+    spec_command(app, _name, keys=KEYS, doc=_doc)(_spec_maker(_task))

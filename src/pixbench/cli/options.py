@@ -5,7 +5,9 @@
 - `noun(name, help)` / `command(name)`: a noun module's sub-app (`pixbench NAME ...`) or a
   top-level command. They are only recorded here; `cli/__init__.py` mounts them on the root app,
   so a noun module never imports the root (no import cycles) and importing it registers it.
-- `spec_command(sub_app, name, task=..., keys=...)`: a command that builds a task spec from
+- `pixbench_command()`: the whole command line as click builds it; the study (below the CLI)
+  is handed it to read its cells' commands.
+- `spec_command(sub_app, name, keys=...)`: a command that builds a task spec from
   params.yaml and launches it. The decorated function takes the loaded `params` and its own
   flags and returns the spec; the decorator appends the shared run flags (--stale, --device,
   --launcher, --cluster, --wait, --params, --profile), validates them, launches the spec with
@@ -16,6 +18,7 @@ Heavy modules (torch, timm, dvc, submitit) are imported only inside command bodi
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -82,6 +85,18 @@ def mount(app: typer.Typer) -> None:
         app.add_typer(sub, name=name)
 
 
+@functools.lru_cache(maxsize=1)
+def pixbench_command():
+    """The `pixbench` command line as click builds it, once (Typer rebuilds it on every call):
+    every registered noun and command mounted on a fresh root (the root app in cli/__init__.py
+    cannot be imported by the noun modules that hand this to the study: an import cycle).
+    Every noun is registered by then: importing any module of this package runs
+    cli/__init__.py, which imports them all first."""
+    app = typer.Typer(context_settings=CONTEXT)
+    mount(app)
+    return typer.main.get_command(app)
+
+
 def check_stale(stale: str) -> None:
     if stale not in ("error", "restart"):
         raise UserError(f"--stale must be 'error' or 'restart', not {stale!r}")
@@ -94,7 +109,7 @@ def check_run_flags(*, stale: str = "error", device: str = "auto", launcher: str
                     cluster: str | None = None, **_) -> None:
     """The shared run flags, checked before params are read or anything is written (whether
     CUDA is there is checked where the task runs: a SLURM node has what the login node lacks)."""
-    from pixbench.config.schema import check_name
+    from pixbench.names import check_name
 
     check_stale(stale)
     if not DEVICE_RE.fullmatch(device):
@@ -107,7 +122,7 @@ def check_run_flags(*, stale: str = "error", device: str = "auto", launcher: str
 
 def check_name_flags(flags: dict, names: tuple[str, ...] = ("size", "variant", "target")) -> None:
     """Flags that become parts of run ids (and so of paths) must be safe names."""
-    from pixbench.config.schema import check_name
+    from pixbench.names import check_name
 
     for name in names:
         if flags.get(name) is not None:
@@ -117,7 +132,7 @@ def check_name_flags(flags: dict, names: tuple[str, ...] = ("size", "variant", "
 def load_params(path: Path, profile: str | None):
     """params.yaml, switched to `--profile` when one is given (it must be one of its profiles)."""
     from pixbench.config import load_params as load
-    from pixbench.config.schema import check_name
+    from pixbench.names import check_name
 
     if profile is not None:
         check_name(profile, "--profile")
@@ -130,7 +145,7 @@ def load_params(path: Path, profile: str | None):
     return params
 
 
-def launch_and_print(task: str, spec, keys: tuple[str, ...], *, stale: str, device: str,
+def launch_and_print(spec, keys: tuple[str, ...], *, stale: str, device: str,
                      launcher: str | None, cluster: str | None, wait: bool) -> None:
     """Run `spec` here or on SLURM and print the metrics' `keys` (those present) as JSON."""
     from pixbench.config import Paths
@@ -154,10 +169,10 @@ PARAMS_OPTIONS = (_option("params_path", ParamsOpt, PARAMS_FILE),
                   _option("profile", ProfileOpt, None))
 
 
-def spec_command(sub_app: typer.Typer, name: str, *, task: str, keys: tuple[str, ...],
+def spec_command(sub_app: typer.Typer, name: str, *, keys: tuple[str, ...],
                  doc: str | None = None) -> Callable[[Callable], Callable]:
     """Register `make_spec(params, **own_flags) -> spec` as the command `name` that launches
-    `task`; its help is `doc` or make_spec's docstring."""
+    the spec (its task is the spec's own); its help is `doc` or make_spec's docstring."""
     def deco(make_spec: Callable) -> Callable:
         own = list(inspect.signature(make_spec, eval_str=True).parameters.values())[1:]
 
@@ -166,7 +181,7 @@ def spec_command(sub_app: typer.Typer, name: str, *, task: str, keys: tuple[str,
             check_run_flags(**run_flags)
             check_name_flags(flags)
             params = load_params(flags.pop("params_path"), flags.pop("profile"))
-            launch_and_print(task, make_spec(params, **flags), keys, **run_flags)
+            launch_and_print(make_spec(params, **flags), keys, **run_flags)
 
         run.__signature__ = inspect.Signature([*own, *RUN_OPTIONS, *PARAMS_OPTIONS])
         run.__doc__ = doc or make_spec.__doc__

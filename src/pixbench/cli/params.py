@@ -22,7 +22,7 @@ def params_show(params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = None
     The profile defaults to params.yaml's `profile`; a value stated outside its own recipe
     part (a profile override, a recipe it extends) is marked `# <- where`."""
     from pixbench.config import show_params
-    from pixbench.config.schema import check_name
+    from pixbench.names import check_name
 
     if profile is not None:
         check_name(profile, "--profile")

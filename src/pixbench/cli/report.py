@@ -16,5 +16,5 @@ def report_cmd(params_path: ParamsOpt = PARAMS_FILE, profile: ProfileOpt = None,
 
     check_run_flags(launcher=launcher, cluster=cluster)
     spec = make_report_spec(load_params(params_path, profile), params_path)
-    launch_and_print("report", spec, ("path", "job_id", "state"), stale="error", device="cpu",
+    launch_and_print(spec, ("path", "job_id", "state"), stale="error", device="cpu",
                      launcher=launcher, cluster=cluster, wait=wait)

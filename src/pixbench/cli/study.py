@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pixbench.cli.options import ClusterOpt, WaitOpt, check_run_flags, noun
+from pixbench.cli.options import ClusterOpt, WaitOpt, check_run_flags, noun, pixbench_command
 from pixbench.errors import UserError
 
 app = noun("study", help="The whole DVC pipeline as a DAG of cells: here, or as SLURM jobs.")
@@ -66,12 +66,12 @@ def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOp
     jobs = jobs or (1 if list(Path("/dev").glob("nvidia[0-9]*")) else cores)
     threads = threads or max(1, cores // jobs)
     targets = list(targets or [])
-    cells = load_cells(root, targets)
+    cells = load_cells(root, targets, cli=pixbench_command)
     # caches first, through DVC: a local `pixbench data prepare` (what `dvc repro` runs) always
     # writes afresh, so a cache prepared in a worker would be decoded twice
     prepare = [c for c in cells if c.task == "prepare" and not c.done]
     if prepare:
-        record(root, [c.name for c in prepare])
+        record(root, [c.name for c in prepare], cli=pixbench_command)
         for cell in prepare:
             cell.done = finished(cell.task, cell.spec, Paths(), cell.stale) is not None
     folder = studies_dir(Paths()).resolve() / new_study_id()
@@ -86,7 +86,7 @@ def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOp
         raise UserError(f"{len(bad)} cells failed or wait for a failed one ({', '.join(bad[:4])}"
                         f"{', ...' if len(bad) > 4 else ''}); logs in {folder}")
     start = time.perf_counter()
-    record(root, targets)
+    record(root, targets, cli=pixbench_command)
     typer.echo(f"study: recorded (and report, verify) in {time.perf_counter() - start:.0f} s",
                err=True)
 
@@ -109,7 +109,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     _, cluster = resolve_launcher("slurm", cluster)
     root = _repo_root()
     targets = list(targets or [])
-    cells = load_cells(root, targets)
+    cells = load_cells(root, targets, cli=pixbench_command)
     pending = [c for c in cells if not c.done and c.task not in STATELESS]
     if not pending and dvc_clean(root, targets):
         typer.echo(f"study: all {len(cells)} cells are finished and recorded; nothing to submit")
@@ -121,7 +121,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     study_id = new_study_id()
     folder = studies_dir(Paths()).resolve() / study_id
     state = submit_study(cells, root=root, targets=targets, cluster=cluster, folder=folder,
-                         study_id=study_id)
+                         study_id=study_id, cli=pixbench_command)
     jobs = {c["job_id"] for c in state["cells"] if c["job_id"]}
     typer.echo(f"study {study_id}: {len(cells)} cells, {sum(c.done for c in cells)} reused, "
                f"{len(jobs)} jobs submitted (the last records them with dvc repro)")

@@ -27,6 +27,6 @@ def verify_cmd(update_reference: UpdateOpt = False, params_path: ParamsOpt = PAR
     check_run_flags(launcher=launcher, cluster=cluster)
     params = load_params(params_path, profile)
     spec = make_verify_spec(params, params_path, update_reference=update_reference)
-    launch_and_print("verify", spec, ("path", "reproduced", "cells", "departures", "groups",
+    launch_and_print(spec, ("path", "reproduced", "cells", "departures", "groups",
                                       "runs", "job_id", "state"),
                      stale="error", device="cpu", launcher=launcher, cluster=cluster, wait=wait)

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pixbench.config.schema import check_name
+from pixbench.names import check_name
 from pixbench.runio import add_write_roots, under_root
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic import Strict as StrictType
 
-from pixbench.errors import UserError
+from pixbench.names import name_problem
 
 # Strict scalars: YAML `epochs: true`, `lr: "0.1"` or `batch_size: 2.5` are refused, not coerced
 # (an int is still accepted where a float is meant). Outputs are unchanged, so are digests.
@@ -29,30 +28,8 @@ Bool = Annotated[bool, StrictType()]
 SEED_MAX = 2**31
 Seed = Annotated[int, StrictType(), Field(ge=0, lt=SEED_MAX)]
 
-# Names that become path components (profiles, locality variants, size keys, run ids, cluster
-# profiles): a letter or digit, then letters, digits, `_`, `.`, `-`; never `..`.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-NAME_RULE = ("letters, digits, _ . - only, starting with a letter or digit, no '..', at most "
-             "128 characters")
 
-
-def name_problem(value) -> str | None:
-    """Why `value` cannot be a path component, or None when it can."""
-    if not isinstance(value, str):
-        return f"{value!r} is not a string"
-    if not NAME_RE.fullmatch(value) or ".." in value or len(value) > 128:
-        return f"{value!r} is not a safe name ({NAME_RULE})"
-    return None
-
-
-def check_name(value: str, what: str) -> str:
-    """`value` when it is a safe name; else a UserError naming `what` (a flag or a key)."""
-    problem = name_problem(value)
-    if problem:
-        raise UserError(f"{what}: {problem}")
-    return value
-
-
+# A spec field that becomes a path component (the rule: pixbench/names.py).
 def _safe_name(value: str) -> str:
     problem = name_problem(value)
     if problem:

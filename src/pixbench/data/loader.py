@@ -34,8 +34,8 @@ import torch
 from pixbench import distributed
 from pixbench.config import AugmentConfig
 from pixbench.data import augment
-from pixbench.tasks.seeds import epoch_order, generator
-from pixbench.tasks.signals import worker_dies_with
+from pixbench.procs import worker_dies_with
+from pixbench.rng import epoch_order, generator
 
 PREFETCH = 2  # batches queued per worker: enough to hide one slow read behind a step
 

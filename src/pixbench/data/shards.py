@@ -10,8 +10,8 @@ Shard jobs hold the cache's prepare lock shared (they write disjoint chunks), th
 exclusively (lock.py); a plan that another prepare of the cache finished meanwhile leaves a
 shard nothing to do and the merge that prepare's cache.
 
-Uses pixbench.launch's cluster profile and executor read-only; what launch.py could offer
-instead (an executor with extra sbatch parameters) is noted in the merge submission below.
+Uses pixbench.cluster's profile and executor read-only; what cluster.py could offer instead
+(an executor with extra sbatch parameters) is noted in the merge submission below.
 The output is written by several nodes into disjoint byte ranges of one file: fine on Lustre
 and GPFS; on NFS mount the cache root with `sync`-safe defaults (no `nocto`).
 """
@@ -93,7 +93,7 @@ def pending_shards(work: Path, shards: int) -> list[int]:
 def submit(work: Path, run_id: str, *, shards: int, workers: int | None, cluster: str,
            logs: Path, wait: bool) -> dict:
     """Submit the pending shards as one array, then the merge job depending on them."""
-    from pixbench.launch import load_cluster, make_executor, wait_for
+    from pixbench.cluster import load_cluster, make_executor, wait_for
 
     profile = load_cluster(cluster)
     todo = pending_shards(work, shards)
@@ -105,7 +105,7 @@ def submit(work: Path, run_id: str, *, shards: int, workers: int | None, cluster
             jobs = [executor.submit(ShardJob(str(work), k, shards, workers)) for k in todo]
     executor = make_executor(profile, folder, f"{run_id}-merge")
     if jobs:
-        # launch.py wish: make_executor(..., extra={"dependency": ...}); until then the
+        # cluster.py wish: make_executor(..., extra={"dependency": ...}); until then the
         # profile's own extra parameters are restated here
         extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos),
                                    ("constraint", profile.constraint)) if v}

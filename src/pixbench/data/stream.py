@@ -29,8 +29,8 @@ from pixbench.data import cache, npyfile, stats
 from pixbench.data.decode import decode_file, to_channels
 from pixbench.data.sources import check_same_classes, listed, scan_image_folder, shown
 from pixbench.errors import UserError
+from pixbench.procs import worker_dies_with
 from pixbench.runio import atomic_write_bytes
-from pixbench.tasks.signals import worker_dies_with
 
 CHUNK_BYTES = 32 << 20  # decoded bytes per chunk (see chunk_len)
 PLAN = "plan.json"

@@ -1,1 +1,1 @@
-"""Analytic FLOPs, measurements and statistics."""
+"""Measurements and statistics (the analytic FLOPs of the models are in models/flops.py)."""

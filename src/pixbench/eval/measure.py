@@ -97,18 +97,19 @@ def measure_train(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Ten
 
 @torch.no_grad()
 def measure_inference(model: torch.nn.Module, batch: torch.Tensor, *, bf16: bool, steps: int,
-                      warmup: int = 1) -> dict:
+                      warmup: int = 1, **forward_kwargs) -> dict:
+    """Images per second of `model(batch, **forward_kwargs)` in eval mode, after `warmup`."""
     device = batch.device
     was_training = model.training
     model.eval()
     for _ in range(warmup):
         with autocast(device, bf16):
-            model(batch)
+            model(batch, **forward_kwargs)
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         with autocast(device, bf16):
-            model(batch)
+            model(batch, **forward_kwargs)
     _sync(device)
     dt = time.perf_counter() - t0
     model.train(was_training)

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pixbench.eval.flops import block_forward_flops
+from pixbench.models.flops import block_forward_flops
 from pixbench.models.sizes import DIT_SIZES  # noqa: F401 (re-exported)
 
 PosEmbedKind = Literal["learn", "sincos"]
@@ -286,7 +286,7 @@ def dit_gflops_per_step(size: str, patch: int, input_size: int, in_channels: int
     """Analytic forward GFLOPs (2 x multiply-adds) per image per denoising step, one forward.
 
     Counts every matmul: patch embedding, timestep MLP, per block the transformer matmuls
-    (`pixbench.eval.flops.block_forward_flops`, attention QKᵀ and AV included) plus the adaLN
+    (`pixbench.models.flops.block_forward_flops`, attention QKᵀ and AV included) plus the adaLN
     modulation, and the final layer's adaLN and linear. Elementwise ops, norms and softmax are
     not counted (as in DiT's Table 4 GFLOPs). Classifier-free guidance doubles it.
     """

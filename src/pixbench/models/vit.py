@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pixbench.eval.flops import VitShape
+from pixbench.models.flops import VitShape
 from pixbench.models.locality import PosEmbed, attach_pixel_permutation, set_pos_embed
 from pixbench.models.sizes import SIZES, ViTSize  # noqa: F401 (re-exported)
 

@@ -159,24 +159,25 @@ def paper_section(params: Params) -> list[str]:
         "not absolute values.", ""]
 
 
-def run(spec, paths: Paths, *, stale: str = "error", device: str = "auto",
+def run(spec, paths: Paths, *, tasks: dict, stale: str = "error", device: str = "auto",
         progress: bool = True) -> dict:
-    """The `report` task (a ReportSpec): the report of the params file and profile it names."""
+    """The `report` task (a ReportSpec): the report of the params file and profile it names;
+    `tasks`: the task table (what each task's results are)."""
     from pixbench.config import load_params
 
     params = load_params(spec.params_file)
     params = params.model_copy(update={"profile": spec.profile})
-    return {"run_id": spec.run_id, "path": str(build_report(params, paths))}
+    return {"run_id": spec.run_id, "path": str(build_report(params, paths, tasks))}
 
 
-def build_report(params: Params, paths: Paths) -> Path:
+def build_report(params: Params, paths: Paths, tasks: dict) -> Path:
     out_dir = paths.reports_dir
     rows = collect_runs(paths.runs_dir / params.profile, params)
     lines = ["# pixbench report", "",
              "What does it cost, and what does it buy, to make every pixel a token instead of "
              f"every patch? ({PAPER})", ""]
     lines += dataset_section(params, paths)
-    lines += conclusions_section(params, paths)
+    lines += conclusions_section(params, paths, tasks)
     lines += classify_section(params, rows, out_dir)
     loc = locality_table(rows)
     if loc:

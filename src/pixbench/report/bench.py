@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _is_suite_result(path: Path) -> bool:
-    """A `pixbench bench` suite result (env_name + targets); the scale rehearsals and the
+    """A benchmark suite result (`make bench`: env_name + targets); the scale rehearsals and the
     pipeline-speed notes write other JSON beside them, linked from the report instead."""
     try:
         doc = json.loads(path.read_text())
@@ -57,7 +57,8 @@ def bench_section(bench_dir: Path, reports_dir: Path) -> list[str]:
         links = rehearsal_links(bench_dir, reports_dir)
         return ["## Compute benchmarks", "", *links] if links else []
     lines = ["## Compute benchmarks", "",
-             "From `pixbench bench` (pytest-benchmark suite in `bench/`); MFU is achieved FLOP/s "
+             "From `make bench` (bench/benchsuite, also run by pytest-benchmark in `bench/`); "
+             "MFU is achieved FLOP/s "
              "(analytic, attention counted) over a matmul peak measured in the same run on the "
              "same device and dtype.", ""]
     for path in files:

@@ -19,7 +19,7 @@ INTRO = ("Each claim compares two cells over their seeds: Welch's t-test, two-si
          "it checks numbers.")
 
 
-def conclusions_section(params: Params, paths: Paths) -> list[str]:
+def conclusions_section(params: Params, paths: Paths, tasks: dict) -> list[str]:
     from pixbench.verify import collect
     from pixbench.verify.conclusions import conclude
     from pixbench.verify.machine import this_machine
@@ -28,7 +28,7 @@ def conclusions_section(params: Params, paths: Paths) -> list[str]:
         return []
     lines = ["## Conclusions", "", INTRO.format(alpha=params.verify.alpha), ""]
     try:
-        fresh = collect(params, paths, this_machine())
+        fresh = collect(params, paths, this_machine(), tasks)
     except UserError as exc:
         return lines + [f"No conclusions: {exc}", ""]
     fams: dict[str, list] = {}

@@ -23,7 +23,7 @@ def _plt():
 def fig_path(out_dir: Path, name: str) -> Path:
     """out_dir/name for a figure whose name is built from params and metrics values (profile,
     dataset, size): a safe file name, and the path stays below out_dir."""
-    from pixbench.config.schema import check_name
+    from pixbench.names import check_name
     from pixbench.runio import under_root
 
     path = Path(out_dir) / check_name(name, "report figure")

@@ -3,9 +3,11 @@ with the params of params.yaml), its parents (DVC's own graph: a stage depends o
 whose outputs it reads), and what its command would run.
 
 A cell's command is read through the real CLI with `launch.PLAN` set, so the spec comes from
-the same code path as `dvc repro` (flags, params, profile), and nothing runs. A cell is pending
-unless `launch.finished` says the spec digest's run (or the data config's cache) is finished:
-the check `Run.open` makes, so what the study skips is exactly what `dvc repro` would reuse.
+the same code path as `dvc repro` (flags, params, profile), and nothing runs. The CLI is the
+layer above the study, so the caller passes it in (`cli`: cli/options.py `pixbench_command`).
+A cell is pending unless `launch.finished` says the spec digest's run (or the data config's
+cache) is finished: the check `Run.open` makes, so what the study skips is exactly what
+`dvc repro` would reuse.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import functools
 import io
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from pixbench.errors import UserError
@@ -38,21 +41,12 @@ class Cell:
         return self.spec.run_id
 
 
-@functools.lru_cache(maxsize=1)
-def _cli():
-    """The `pixbench` command line as click builds it, once (Typer rebuilds it on every call):
-    every registered noun and command mounted on a fresh root (importing the root app here
-    would be an import cycle: it registers this package's commands)."""
-    import typer
-
-    from pixbench.cli.options import CONTEXT, mount
-
-    app = typer.Typer(context_settings=CONTEXT)
-    mount(app)
-    return typer.main.get_command(app)
+# A function returning the `pixbench` click command (cli/options.py pixbench_command): a
+# module-level function, so a study's record job can carry it to the SLURM node.
+CommandLine = Callable[[], object]
 
 
-def plan_command(cmd: str, where: str) -> tuple[str, object, str, str]:
+def plan_command(cmd: str, where: str, cli: CommandLine) -> tuple[str, object, str, str]:
     """(task, spec, stale, device) that the pixbench command `cmd` would launch."""
     from pixbench.launch import PLAN
 
@@ -64,7 +58,7 @@ def plan_command(cmd: str, where: str) -> tuple[str, object, str, str]:
     token = PLAN.set(plan)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            _cli().main(args[1:], standalone_mode=False, prog_name="pixbench")
+            cli().main(args[1:], standalone_mode=False, prog_name="pixbench")
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
     except Exception as exc:  # click's usage errors: the message names the flag
@@ -113,7 +107,7 @@ def _params_read_once():
         config.load_params = original
 
 
-def load_cells(root: Path, targets: list[str] | None = None) -> list[Cell]:
+def load_cells(root: Path, targets: list[str] | None = None, *, cli: CommandLine) -> list[Cell]:
     """The cells of `dvc repro [targets]` in the repo at `root`, parents before children.
     Run with the working directory at `root` (params.yaml and the machine paths are relative)."""
     import networkx as nx
@@ -129,7 +123,7 @@ def load_cells(root: Path, targets: list[str] | None = None) -> list[Cell]:
         for stage in order:
             if stage.cmd is None:  # a data source (`.dvc` file): nothing to run
                 continue
-            task, spec, stale, device = plan_command(stage.cmd, f"stage {stage.addressing}")
+            task, spec, stale, device = plan_command(stage.cmd, f"stage {stage.addressing}", cli)
             parents = [p.addressing for p in graph.successors(stage) if p.cmd is not None]
             done = finished(task, spec, paths, stale) is not None
             cells.append(Cell(stage.addressing, stage.addressing.split("@")[0], task, spec,
@@ -176,7 +170,7 @@ def commit_cells(root: Path, names: list[str]) -> int:
     return len(stages)
 
 
-def record(root: Path, targets: list[str], env: dict | None = None) -> None:
+def record(root: Path, targets: list[str], *, cli: CommandLine, env: dict | None = None) -> None:
     """Record a study in DVC: the cells finished for the current params (planned again: a
     params edit since they ran leaves them to DVC) in one write, then `dvc repro TARGETS`,
     which runs the rest: the report, verify, and any cell not finished."""
@@ -185,7 +179,8 @@ def record(root: Path, targets: list[str], env: dict | None = None) -> None:
 
     from pixbench.tasks.table import STATELESS
 
-    done = [c.name for c in load_cells(root, targets) if c.done and c.task not in STATELESS]
+    done = [c.name for c in load_cells(root, targets, cli=cli)
+            if c.done and c.task not in STATELESS]
     if done:
         commit_cells(root, done)
     rc = subprocess.run([sys.executable, "-m", "dvc", "repro", *targets], cwd=root,

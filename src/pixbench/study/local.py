@@ -46,7 +46,7 @@ def _init_worker(threads: int, cwd: str, parent: int) -> None:
     Stopping is the parent's to decide: Ctrl-C reaches the whole process group, so a worker
     ignores SIGINT and gets SIGTERM from the parent (or from the kernel when the parent dies,
     nohup or not), on which its cell checkpoints at the next step boundary (tasks/signals.py)."""
-    from pixbench.tasks.signals import worker_dies_with
+    from pixbench.procs import worker_dies_with
 
     global _PARENT
     _PARENT = parent

@@ -45,7 +45,7 @@ def new_study_id() -> str:
 
 def study_folder(paths, study_id: str | None) -> Path:
     """The folder of study `study_id` (a safe name), or of the latest study when None."""
-    from pixbench.config.schema import check_name
+    from pixbench.names import check_name
 
     root = studies_dir(paths)
     if study_id is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from pixbench.errors import UserError
-from pixbench.study.dag import record
+from pixbench.study.dag import CommandLine, record
 from pixbench.study.state import RECORD, write_state
 
 
@@ -31,9 +31,9 @@ class RecordJob(Checkpointable):
     """The study's last job: check that every cell is finished, then `dvc repro TARGETS`."""
 
     def __init__(self, root: str, targets: list[str], cells: list[tuple[str, dict, str]],
-                 paths: dict, cluster: str) -> None:
+                 paths: dict, cluster: str, cli: CommandLine) -> None:
         self.root, self.targets, self.cells, self.paths = root, targets, cells, paths
-        self.cluster = cluster
+        self.cluster, self.cli = cluster, cli
 
     def __call__(self) -> dict:
         from pixbench.config import Paths
@@ -48,12 +48,13 @@ class RecordJob(Checkpointable):
             raise UserError(f"not finished, nothing recorded: {', '.join(missing[:5])}")
         # the cluster named: launch() reuses finished cells and prepared caches as it does
         # for any submission; inside this job it runs the rest (the report) here
-        record(Path(self.root), self.targets, env={**os.environ, "PIXBENCH_CLUSTER": self.cluster})
+        record(Path(self.root), self.targets, cli=self.cli,
+               env={**os.environ, "PIXBENCH_CLUSTER": self.cluster})
         return {"recorded": len(self.cells)}
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
         return DelayedSubmission(RecordJob(self.root, self.targets, self.cells, self.paths,
-                                           self.cluster))
+                                           self.cluster, self.cli))
 
 
 def _submit_group(executor, jobs: list) -> list:
@@ -66,7 +67,8 @@ def _submit_group(executor, jobs: list) -> list:
 def submit_cells(cells: list, *, profile, folder: Path, paths: dict) -> dict[str, object]:
     """Submit every pending cell (not `done`, not stateless) once its parents are submitted;
     returns {cell name: submitit job}."""
-    from pixbench.launch import TaskJob, make_executor
+    from pixbench.cluster import make_executor
+    from pixbench.launch import TaskJob
     from pixbench.tasks.table import STATELESS
 
     by_name = {c.name: c for c in cells}
@@ -91,13 +93,15 @@ def submit_cells(cells: list, *, profile, folder: Path, paths: dict) -> dict[str
 
 
 def submit_study(cells: list, *, root: Path, targets: list[str], cluster: str, folder: Path,
-                 study_id: str) -> dict:
-    """Submit the pending cells and the record job; write and return the study's state."""
+                 study_id: str, cli: CommandLine) -> dict:
+    """Submit the pending cells and the record job (which plans the cells again through
+    `cli`); write and return the study's state."""
+    from pixbench.cluster import make_executor
     from pixbench.config import Paths
-    from pixbench.launch import _abs_paths, load_cluster, make_executor
+    from pixbench.launch import _abs_paths, load_task_cluster
     from pixbench.tasks.table import STATELESS
 
-    profile = load_cluster(cluster)
+    profile = load_task_cluster(cluster)
     paths = _abs_paths(Paths())
     folder.mkdir(parents=True, exist_ok=True)
     jobs = submit_cells(cells, profile=profile, folder=folder, paths=paths)
@@ -105,7 +109,7 @@ def submit_study(cells: list, *, root: Path, targets: list[str], cluster: str, f
     waited = {p for c in cells if c.name in jobs for p in c.parents if p in jobs}
     sinks = sorted(jobs[n].job_id for n in jobs if n not in waited)
     record = RecordJob(str(root), targets, [(c.task, c.spec.canonical(), c.stale) for c in cells
-                                            if c.task not in STATELESS], paths, cluster)
+                                            if c.task not in STATELESS], paths, cluster, cli)
     executor = make_executor(profile, folder, "pb-record", "report", sinks)
     record_job = executor.submit(record)
     rows = [_row(c, jobs.get(c.name, record_job if c.task in STATELESS else None))

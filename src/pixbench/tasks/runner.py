@@ -1,7 +1,7 @@
 """The one task runner: what every task shares between "here is a spec" and "here are metrics".
 
-A task is a spec class (config/) plus a `run(spec, paths, *, stale, device, progress)` that
-builds its data and model and trains/evaluates; everything else lives here, once:
+A task is an entry of the task table (table.py); one that trains is a body run by the training
+loop (trainer.py). What concerns the run dir lives here, once:
 
 - the run-dir lifecycle: a finished run of the same spec digest is reused, a run dir left by
   another spec is refused (or discarded with `--stale restart`, only inside the runs dir);
@@ -15,10 +15,10 @@ builds its data and model and trains/evaluates; everything else lives here, once
 - stop signals (signals.py): SIGTERM/SIGUSR2 are recorded while training state is registered
   and acted on at the next `tick`: checkpoint, then exit (local) or requeue (SLURM), so at
   most the step in flight is redone;
-- the divergence guard: a non-finite loss stops the run at the step it appears (checked at
-  every tick: the losses are host floats already), non-finite weights stop it before a
-  checkpoint write, non-finite results before metrics.json; the last good checkpoint is
-  never overwritten;
+- the divergence guard: a non-finite loss stops the run, naming the step it appeared at, when
+  the trainer's next sync brings it to the host (at the latest before the next checkpoint;
+  `before_save` is that sync); non-finite weights stop it before a checkpoint write,
+  non-finite results before metrics.json; the last good checkpoint is never overwritten;
 - atomic result files, metrics.json last: its presence marks the run finished.
 
 Ranks agree on every branch (stop, diverged, refused) through one small collective.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,9 +64,10 @@ class State:
     window: list[dict] = dataclasses.field(default_factory=list)  # rows of the current window
     extra: dict = dataclasses.field(default_factory=dict)  # task counters (e.g. code ages)
 
-    def add_loss(self, loss: float) -> None:
-        self.loss_sum += loss
-        self.loss_count += 1
+    def add_loss(self, loss: float, n: int = 1) -> None:
+        """One step's loss, weighted by `n` (its images, where batches differ in size)."""
+        self.loss_sum += loss * n if n != 1 else loss
+        self.loss_count += n
 
     def take_mean_loss(self) -> float:
         """The mean loss of the window so far, and start a new window."""
@@ -109,6 +109,7 @@ class Run:
         self._claimed = False
         self._saved_step: int | None = None  # the step of the checkpoint on disk
         self._ckpt: dict | None = None  # ckpt/last.pt as read (and checked) by `_claim`
+        self.before_save = None  # the trainer's sync: step values still on the device
 
     @classmethod
     def open(cls, spec, paths, *, stale: str = "error", device: str = "auto",
@@ -250,10 +251,12 @@ class Run:
         bad, stop = distributed.max_over_ranks(
             [int(not finite_loss(state)), STOP.code() if STOP.owner is self else 0])
         if bad:
-            raise self._diverged(state, "loss")
+            raise self.diverged(state, "loss")
         return stop
 
     def _save(self, state: State, stop: int) -> None:
+        if self.before_save is not None:
+            self.before_save()  # the State must hold every step up to global_step
         now = time.monotonic()
         state.wall_time_s = self._wall_base + (now - self._session_start)
         self._last_save = now
@@ -289,11 +292,13 @@ class Run:
             for t in float_tensors(_unwrap(obj).state_dict()):
                 flags.setdefault(t.device, []).append(torch.isfinite(t).all())
             if not all(bool(torch.stack(f).all()) for f in flags.values()):
-                raise self._diverged(state, f"{name} state")
+                raise self.diverged(state, f"{name} state")
 
-    def _diverged(self, state: State, what: str) -> UserError:
+    def diverged(self, state: State, what: str, step: int | None = None) -> UserError:
+        """The one-line refusal of a diverged run (`step`: where it appeared, default now)."""
+        step = state.global_step if step is None else step
         return UserError(f"{self.spec.run_id}: training diverged: non-finite {what} at step "
-                         f"{state.global_step}; last good checkpoint: {self._last_good()}")
+                         f"{step}; last good checkpoint: {self._last_good()}")
 
     def _last_good(self) -> str:
         if self._saved_step is None or not self.ckpt_path.exists():

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
 from pixbench.errors import UserError
+from pixbench.procs import pdeathsig
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
@@ -103,22 +103,6 @@ class StopSignals:
 
 STOP = StopSignals()
 
-PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig(signum: int) -> bool:
-    """prctl(PR_SET_PDEATHSIG): `signum` when the parent thread ends; False where unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def die_with_parent() -> None:
     """Linux: get SIGTERM when the parent dies (a killed `dvc repro` takes its pixbench child
     with it, which checkpoints and exits). Not under nohup (SIGHUP ignored): that asks to
@@ -127,16 +111,5 @@ def die_with_parent() -> None:
     if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         return
     parent = os.getppid()
-    if _pdeathsig(signal.SIGTERM) and os.getppid() != parent:  # it died before prctl took effect
+    if pdeathsig(signal.SIGTERM) and os.getppid() != parent:  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def worker_dies_with(parent: int, signum: int = signal.SIGKILL) -> None:
-    """In a worker process (image decoding, loader, study cell): `signum` as soon as `parent`,
-    the process that started it, dies. Always, nohup or not: a pool's worker has no use
-    without its parent and would otherwise sleep forever on a pipe nobody writes (its own
-    copy keeps the pipe open). SIGKILL for workers that hold nothing worth saving; a study
-    worker takes SIGTERM so its cell checkpoints first. Called first thing in the worker, so
-    a parent already gone (pid changed: reparented) ends it now."""
-    if _pdeathsig(signum) and os.getppid() != parent:
-        os.kill(os.getpid(), signum)

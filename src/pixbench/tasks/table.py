@@ -33,6 +33,10 @@ class Task:
     stages: tuple[str, ...] = ()  # the dvc.yaml stages that run it
 
     def run(self, spec, paths, **kwargs) -> dict:
+        """Run the body. A stateless task (report, verify) reads the other tasks' results, so
+        it is handed this table (it cannot import it: the table names it as a body)."""
+        if self.stateless:
+            kwargs["tasks"] = TASKS
         return self.body()(spec, paths, **kwargs)
 
 

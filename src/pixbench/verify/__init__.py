@@ -1,6 +1,6 @@
 """`pixbench verify`: did this run of the pipeline reproduce the committed reference results?
 
-The reference, reports/reference/<profile>.json, holds every result number (compare.RESULTS) of
+The reference, reports/reference/<profile>.json, holds every result number (the task table's `results`) of
 every run of the sweep it was made with, per group (task, size, patch; seeds pooled), with the
 seeds, spec digests, git SHAs and the machine kind that produced them. `pixbench verify`
 collects the same numbers from the runs of the *current* sweep (config.pipeline.sweep_runs),
@@ -17,7 +17,7 @@ from pixbench.config import Params, Paths
 from pixbench.config.pipeline import sweep_runs
 from pixbench.errors import UserError
 from pixbench.runio import atomic_write_json, git_state, read_json
-from pixbench.verify.compare import RESULTS, describe, judge
+from pixbench.verify.compare import describe, judge
 from pixbench.verify.conclusions import check as check_conclusions
 from pixbench.verify.conclusions import conclude, run_gate
 from pixbench.verify.machine import describe as describe_kind
@@ -47,13 +47,15 @@ def _write(paths: Paths, profile: str, result: dict) -> None:
                       {k: int(v) for k, v in result.items() if k in COUNTS and v is not None})
 
 
-def collect(params: Params, paths: Paths, here: dict) -> dict:
-    """The result numbers of every run of the current sweep, grouped, with the machine kind, each
-    run's validity-gate facts (conclusions.run_gate) and the pinned instruments. Refuses a
-    missing run or one made with other settings (its spec digest)."""
+def collect(params: Params, paths: Paths, here: dict, tasks: dict) -> dict:
+    """The result numbers of every run of the current sweep (`tasks`: the task table, whose
+    `results` name them), grouped, with the machine kind, each run's validity-gate facts
+    (conclusions.run_gate) and the pinned instruments. Refuses a missing run or one made with
+    other settings (its spec digest)."""
     groups, manifests, missing, shas = {}, [], [], set()
     for run in sweep_runs(params):
-        if run.task not in RESULTS:
+        results = tasks[run.task].results
+        if not results:
             continue
         run_dir = paths.run_dir(params.profile, run.run_id)
         if not (run_dir / "metrics.json").exists():
@@ -65,7 +67,7 @@ def collect(params: Params, paths: Paths, here: dict) -> dict:
                             "digest); re-run it (dvc repro) or remove it")
         if m.get("pretrained") and run.task == "vq":
             continue  # an imported tokenizer trained nothing: vq-eval judges it
-        absent = [k for k in RESULTS[run.task] if not isinstance(m.get(k), (int, float))]
+        absent = [k for k in results if not isinstance(m.get(k), (int, float))]
         if absent:
             raise UserError(f"{run_dir / 'metrics.json'}: no number for {', '.join(absent)}")
         man = read_json(run_dir / "manifest.json", "manifest") \
@@ -74,10 +76,11 @@ def collect(params: Params, paths: Paths, here: dict) -> dict:
         shas.add(f"{man.get('git_sha')}{'+dirty' if man.get('git_dirty') else ''}")
         curve = run_dir / "curve.json"
         rows = read_json(curve, "curve") if curve.is_file() else None
-        entry = groups.setdefault(run.group, {"task": run.task, "runs": []})
+        entry = groups.setdefault(run.group, {"task": run.task, "runs": [],
+                                              "shared": tasks[run.task].shared_upstream})
         entry["runs"].append({"run_id": run.run_id, "seed": run.seed,
                               "spec_digest": m["spec_digest"],
-                              "values": {k: m[k] for k in RESULTS[run.task]},
+                              "values": {k: m[k] for k in results},
                               "gate": run_gate(m, rows if isinstance(rows, list) else None)})
     if missing:
         raise UserError(f"{len(missing)} run(s) of the current sweep have no results "
@@ -207,13 +210,13 @@ def _read_reference(ref_file: Path, fresh: dict) -> dict:
     return ref
 
 
-def run(spec, paths: Paths, *, stale: str = "error", device: str = "auto",
+def run(spec, paths: Paths, *, tasks: dict, stale: str = "error", device: str = "auto",
         progress: bool = True) -> dict:
-    """The `verify` task (a VerifySpec)."""
+    """The `verify` task (a VerifySpec); `tasks`: the task table."""
     from pixbench.config import load_params
 
     params = load_params(spec.params_file).model_copy(update={"profile": spec.profile})
-    fresh = collect(params, paths, this_machine())
+    fresh = collect(params, paths, this_machine(), tasks)
     if spec.update_reference:
         return update_reference(params, paths, fresh)
     if params.verify is None:

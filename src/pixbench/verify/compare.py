@@ -12,7 +12,7 @@ Two modes:
   rehearsal, bench/machine_kinds.py), never the fresh run's own (a fresh run with a wild seed
   must not widen its own band). With no spread measured (one seed, no cross-kind figure):
   tol = single_seed_rel * |m_r|. So too for a task whose seeds share an upstream model trained
-  on this machine (SHARED_UPSTREAM, unless that model is a pinned instrument): its seed spread
+  on this machine (the table's `shared_upstream`, unless that model is a pinned instrument): its seed spread
   leaves out that model's own variation, so the group counts as one replicate.
 k, rel_floor and single_seed_rel come from params.yaml (`verify`).
 """
@@ -23,16 +23,15 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
-from pixbench.tasks.table import RESULTS, TASKS
-
-# The result numbers of each task (not its speeds or memory), and the upstream model its seeds
-# share, are the task table's (tasks/table.py). Sharing one: every DiT trains on the latents of
-# one tokenizer (gen_sweep.tokenizer_seed) and dit-eval scores with one FeatNet. On another
-# machine the tokenizer changes and moves every seed together: from 2 intra-op threads to 1
-# (2-core AVX-512 VM) its PSNR went 21.0 -> 19.9 and each DiT's train loss rose 4-7% (DiT-XXS/1
-# 0.0816 -> 0.0870), while two DiT seeds on one tokenizer differed by 0.05%. Where both sides
-# used the same pinned instruments (tasks/gen/instruments.py), the rule does not apply.
-SHARED_UPSTREAM = {t.name: t.shared_upstream for t in TASKS.values() if t.shared_upstream}
+# The result numbers of each task (not its speeds or memory) and the upstream model its seeds
+# share are the task table's (tasks/table.py `results`, `shared_upstream`); `collect` writes
+# them into each group ("values", "shared"), and the judge reads them from there. Sharing one:
+# every DiT trains on the latents of one tokenizer (gen_sweep.tokenizer_seed) and dit-eval
+# scores with one FeatNet. On another machine the tokenizer changes and moves every seed
+# together: from 2 intra-op threads to 1 (2-core AVX-512 VM) its PSNR went 21.0 -> 19.9 and
+# each DiT's train loss rose 4-7% (DiT-XXS/1 0.0816 -> 0.0870), while two DiT seeds on one
+# tokenizer differed by 0.05%. Where both sides used the same pinned instruments
+# (tasks/gen/instruments.py), the rule does not apply.
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Cell:
     group: str
     metric: str
     mode: str                  # "bitwise", "statistical", "single-seed", "one tokenizer, FeatNet"
-                               # (SHARED_UPSTREAM: one replicate) or "no reference"
+                               # (a shared upstream: one replicate) or "no reference"
     reference: list[float]
     fresh: list[float]
     tolerance: float | None    # |Δmean| allowed (0 for bitwise); None without a reference
@@ -59,7 +58,7 @@ class Cell:
 def tolerance(ref: list[float], fresh: list[float], cfg, shared: str | None = None,
               spread: float | None = None) -> tuple[str, float]:
     """(mode, allowed |Δmean|) of the statistical rule in the module docstring; `shared`: the
-    upstream models the seeds share (SHARED_UPSTREAM), which make the group one replicate;
+    upstream models the seeds share (the group's "shared"), which make it one replicate;
     `spread`: the cross-kind standard deviation measured for this cell, if any."""
     m_r = abs(statistics.fmean(ref))
     if shared:
@@ -76,11 +75,11 @@ def judge_group(group: str, ref: dict | None, fresh: dict, bitwise: bool, cfg,
                 pinned: bool = False, spread: dict | None = None,
                 sanity: dict | None = None) -> list[Cell]:
     """The cells of one group. `ref`/`fresh`: {"task", "runs": [{run_id, seed, spec_digest,
-    values}]} as results.collect writes them; `pinned`: both sides used the same committed
-    instruments (no SHARED_UPSTREAM rule); `spread`: {metric: {"sd": ...}} across kinds;
+    values}], "shared"} as verify.collect writes them; `pinned`: both sides used the same
+    committed instruments (no shared-upstream rule); `spread`: {metric: {"sd": ...}} across kinds;
     `sanity`: {task.metric: (low, high)}, the bands of retrained instruments."""
     cells = []
-    for metric in RESULTS[fresh["task"]]:
+    for metric in fresh["runs"][0]["values"]:
         new = [r["values"][metric] for r in fresh["runs"]]
         if ref is None:
             cells.append(Cell(group, metric, "no reference", [], new, None, None))
@@ -101,7 +100,7 @@ def judge_group(group: str, ref: dict | None, fresh: dict, bitwise: bool, cfg,
             cells.append(Cell(group, metric, f"sanity band [{band[0]:g}, {band[1]:g}]", old,
                               new, None, band[0] <= m <= band[1]))
             continue
-        shared = None if pinned else SHARED_UPSTREAM.get(fresh["task"])
+        shared = None if pinned else fresh.get("shared")
         sd = ((spread or {}).get(metric) or {}).get("sd")
         mode, tol = tolerance(old, new, cfg, shared, sd)
         ok = abs(statistics.fmean(new) - statistics.fmean(old)) <= tol

@@ -1,5 +1,5 @@
-"""Supervised classification, one epoch at a time (MAE's engine split): the same recipe for every
-patch size, only the token size changes.
+"""Supervised classification's engine (MAE's engine split): the same recipe for every patch size,
+only the token size changes; the trainer (tasks/trainer.py) runs its steps.
 
 Determinism: every batch order, augmentation and stochastic-depth draw is a pure function of
 (seed, epoch, step), so a run resumed from its one checkpoint ends with weights bitwise
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,9 +23,14 @@ from pixbench.data.loader import Rows, epoch_batches
 from pixbench.data.subsets import balanced_subset
 from pixbench.eval.measure import autocast
 from pixbench.models.vit import SIZES
-from pixbench.tasks.optim import clip_and_step, lr_at, peak_lr, set_lr
+from pixbench.tasks.livelog import open_live
+from pixbench.tasks.optim import adamw, clip_and_step, lr_at, peak_lr, set_lr
 from pixbench.tasks.runner import State
-from pixbench.tasks.seeds import step_seed
+from pixbench.tasks.trainer import Body, Schedule
+from pixbench.rng import step_seed
+
+
+CURVE_VAL_IMAGES = 1000  # fixed val subset for the learning curve (the full val set is the final metric)
 
 
 @dataclass
@@ -62,38 +68,88 @@ def use_bf16(precision: str, size: str, device: torch.device) -> bool:
     return device.type == "cuda" or SIZES[size].dim >= 192
 
 
-def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, data: Tensors, cfg, seed: int,
-                    state: State, *, device: torch.device, bf16: bool, on_step,
-                    loader_workers: int | None = None) -> float:
-    """Run the rest of epoch `state.epoch` from `state.epoch_step`; returns the epoch's mean
-    train loss (over all of its steps, across resumes: the running sum is in the State).
-    `on_step(state, loss)` runs after every update (progress, curve points, checkpoints).
-    `loader_workers`: data/loader.py's worker processes (None: its machine default)."""
-    n = data.train_x.shape[0]
-    steps_per_epoch = n // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    peak = peak_lr(cfg.optim, cfg.batch_size)
-    # this rank's shard of each global batch, augmented as one process would augment it
-    batches = epoch_batches(data.train_x, data.train_y, cfg, seed, state, mean=data.mean,
-                            std=data.std, device=device, workers=loader_workers)
-    model.train()
-    while state.epoch_step < steps_per_epoch:
-        t0 = time.perf_counter()
-        x, y, _ = next(batches).to(device, data.mean, data.std, cfg.augment)  # (B/W, C, H, W)
+class ClassifyBody(Body):
+    """Supervised classification (the trainer's body): cross-entropy with label smoothing,
+    AdamW on the recipe's warm-up + cosine schedule, stochastic depth; a curve row holds val
+    top-1 on a fixed class-balanced subset (ImageFolder val splits are sorted by class)."""
+
+    def __init__(self, spec, model: nn.Module, data: Tensors, *, device: torch.device,
+                 bf16: bool, live_dir: Path | None = None,
+                 loader_workers: int | None = None) -> None:
+        cfg = spec.classify
+        self.model, self.data, self.cfg, self.bf16 = model, data, cfg, bf16
+        self.seed, self.device, self.loader_workers = spec.seed, device, loader_workers
+        self.live_dir = live_dir  # dvclive's folder (rank 0), None: no dvclive log
+        self.opt = adamw(distributed.unwrap(model), cfg.optim)
+        per_epoch = data.train_x.shape[0] // cfg.batch_size
+        self.schedule = Schedule(per_epoch * cfg.epochs, per_epoch, cfg.curve_every_steps or 0)
+        self.warmup = round(cfg.optim.warmup_epochs * per_epoch)
+        self.peak = peak_lr(cfg.optim, cfg.batch_size)
+        n = min(CURVE_VAL_IMAGES, data.val_x.shape[0])
+        idx = torch.from_numpy(balanced_subset(data.val_y.numpy(), n, int(data.val_y.max()) + 1))
+        self.curve_x, self.curve_y = data.val_x[idx], data.val_y[idx]
+        self.batches, self.live = None, None
+
+    def modules(self) -> dict:
+        return {"model": self.model, "optimizer": self.opt}
+
+    def start(self, state: State) -> None:
+        """This rank's shard of each global batch of the rest of the epoch, augmented as one
+        process would augment it; dvclive's steps are the curve rows, so a resumed run opens
+        it at the checkpoint's row count (no duplicates)."""
+        if self.live is None and self.live_dir is not None:
+            self.live = open_live(self.live_dir, len(state.history), resume=state.global_step > 0)
+        d = self.data
+        self.batches = epoch_batches(d.train_x, d.train_y, self.cfg, self.seed, state,
+                                     mean=d.mean, std=d.std, device=self.device,
+                                     workers=self.loader_workers)
+        self.model.train()
+
+    def step(self, state: State) -> dict:
+        cfg, d = self.cfg, self.data
+        x, y, _ = next(self.batches).to(self.device, d.mean, d.std, cfg.augment)  # (B/W, C, H, W)
         # stochastic depth: rank-aware, or every shard would draw the same drop masks
-        torch.manual_seed(step_seed(seed, state.global_step) + 1 + 7_777 * distributed.rank())
-        set_lr(opt, lr_at(state.global_step, total, warmup, peak, cfg.optim.min_lr_ratio))
-        with autocast(x.device, bf16):
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-        clip_and_step(model, opt, loss, cfg.optim.grad_clip)
-        loss_value = loss.item()  # the step's one host sync
-        state.add_loss(loss_value)
-        state.epoch_step += 1
-        state.global_step += 1
-        state.train_time_s += time.perf_counter() - t0
-        on_step(state, loss_value)
-    return state.loss_sum / max(1, state.loss_count)
+        torch.manual_seed(step_seed(self.seed, state.global_step) + 1 + 7_777 * distributed.rank())
+        set_lr(self.opt, lr_at(state.global_step, self.schedule.steps, self.warmup, self.peak,
+                               cfg.optim.min_lr_ratio))
+        with autocast(x.device, self.bf16):
+            loss = F.cross_entropy(self.model(x), y, label_smoothing=cfg.label_smoothing)
+        clip_and_step(self.model, self.opt, loss, cfg.optim.grad_clip)
+        return {"loss": loss.detach()}
+
+    def row(self, state: State, train_loss: float, end: bool) -> dict:
+        if end:
+            self.batches = None  # the epoch's input workers end before the evaluation
+        d = self.data
+        top1 = evaluate(self.model, self.curve_x, self.curve_y, d.mean, d.std, device=self.device,
+                        batch_size=self.cfg.eval_batch_size, bf16=self.bf16)["top1"]
+        if self.live is not None:
+            self.live.step = len(state.history)
+            self.live.log_metric("train/loss", train_loss)
+            self.live.log_metric("val/top1_subset", top1)
+            self.live.next_step()
+        return {"epoch": round(state.global_step / self.schedule.epoch_steps, 4),
+                "step": state.global_step, "images_seen": state.global_step * self.cfg.batch_size,
+                "train_loss": train_loss, "val_top1_subset": top1,
+                "train_time_s": state.train_time_s}
+
+    def progress(self, row: dict) -> str:
+        return (f"loss {row['train_loss']:.4f} val@{self.curve_x.shape[0]} "
+                f"{row['val_top1_subset']:.2f}%")
+
+    def evaluate(self, check=None) -> dict:
+        """Top-1, top-5 and loss on the whole val split (every rank); `check(final)` refuses a
+        non-finite one before dvclive's summary is written."""
+        d = self.data
+        final = evaluate(self.model, d.val_x, d.val_y, d.mean, d.std, device=self.device,
+                         batch_size=self.cfg.eval_batch_size, bf16=self.bf16)
+        if check is not None:
+            check(final)
+        if self.live is not None:
+            for k in ("top1", "top5", "loss"):
+                self.live.summary[f"val/{k}"] = final[k]
+            self.live.end()
+        return final
 
 
 @torch.no_grad()

@@ -4,8 +4,6 @@ from-scratch classifier, the locality ablations and the MAE fine-tune / probe / 
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import nn
 
@@ -13,19 +11,16 @@ from pixbench import distributed
 from pixbench.config import Paths, RunSpec
 from pixbench.data.augment import normalize
 from pixbench.data.cache import load_cache
-from pixbench.data.subsets import balanced_subset
 from pixbench.errors import UserError
-from pixbench.eval.flops import vit_forward_flops, vit_train_flops
+from pixbench.models.flops import vit_forward_flops, vit_train_flops
 from pixbench.eval.measure import measure_inference, measure_train
 from pixbench.models.locality import local_swap_permutation, shuffle_permutation
 from pixbench.models.vit import display_name, model_key, vit, vit_shape
 from pixbench.runio import load_checkpoint
-from pixbench.tasks.classify.engine import Tensors, evaluate, load_tensors, train_one_epoch, use_bf16
-from pixbench.tasks.livelog import open_live
-from pixbench.tasks.optim import adamw
+from pixbench.tasks.classify.engine import ClassifyBody, Tensors, load_tensors, use_bf16
 from pixbench.tasks.runner import Run, State
+from pixbench.tasks.trainer import identity, run_task
 
-CURVE_VAL_IMAGES = 1000  # fixed val subset for the learning curve (the full val set is the final metric)
 HEAD_KEYS = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
 
 
@@ -83,66 +78,11 @@ def load_data(spec: RunSpec, paths: Paths):
     return ds, data
 
 
-def train(run: Run, model: nn.Module, data: Tensors, *, bf16: bool, progress: bool,
-          loader_workers: int | None = None) -> tuple[dict, State]:
-    """Train from the checkpoint (if any) to the last epoch; returns final val metrics, state."""
-    spec, cfg, dev = run.spec, run.spec.classify, run.device
-    opt = adamw(distributed.unwrap(model), cfg.optim)
-    state = run.restore(model=model, optimizer=opt)
-    steps_per_epoch = data.train_x.shape[0] // cfg.batch_size
-    curve_n = min(CURVE_VAL_IMAGES, data.val_x.shape[0])
-    # a fixed class-balanced subset: ImageFolder val splits are sorted by class
-    curve_idx = torch.from_numpy(balanced_subset(data.val_y.numpy(), curve_n,
-                                                 int(data.val_y.max()) + 1))
-    curve_x, curve_y = data.val_x[curve_idx], data.val_y[curve_idx]
-    ev = dict(device=dev, batch_size=cfg.eval_batch_size, bf16=bf16)
-    # dvclive's steps are the curve rows: resume at the checkpoint's row count (no duplicates)
-    live = open_live(run.dir / "dvclive", len(state.history),
-                     resume=state.global_step > 0) if run.is_main else None
-
-    def curve_point(s: State, train_loss: float) -> None:
-        """Val top-1 on the fixed curve subset; recorded in the checkpointed history."""
-        run.check(s)  # a diverged run logs no NaN row
-        top1 = evaluate(model, curve_x, curve_y, data.mean, data.std, **ev)["top1"]
-        s.history.append({"epoch": round(s.global_step / steps_per_epoch, 4), "step": s.global_step,
-                          "images_seen": s.global_step * cfg.batch_size, "train_loss": train_loss,
-                          "val_top1_subset": top1, "train_time_s": s.train_time_s})
-        if live is not None:
-            live.step = len(s.history) - 1
-            live.log_metric("train/loss", train_loss)
-            live.log_metric("val/top1_subset", top1)
-            live.next_step()
-
-    def on_step(s: State, loss: float) -> None:
-        if cfg.curve_every_steps and s.global_step % cfg.curve_every_steps == 0 \
-                and s.epoch_step < steps_per_epoch:
-            curve_point(s, s.loss_sum / max(1, s.loss_count))
-        if s.epoch_step < steps_per_epoch:
-            run.tick(s)
-
-    while state.epoch < cfg.epochs:
-        train_loss = train_one_epoch(model, opt, data, cfg, spec.seed, state, device=dev,
-                                     bf16=bf16, on_step=on_step, loader_workers=loader_workers)
-        curve_point(state, train_loss)
-        state.epoch, state.epoch_step = state.epoch + 1, 0
-        state.take_mean_loss()
-        run.save(state)
-        if run.is_main and progress:
-            print(f"{spec.run_id} epoch {state.epoch}/{cfg.epochs} loss {train_loss:.4f} "
-                  f"val@{curve_n} {state.history[-1]['val_top1_subset']:.2f}%",
-                  file=sys.stderr, flush=True)
-    final = evaluate(model, data.val_x, data.val_y, data.mean, data.std, **ev)
-    run.check_results(final)
-    if live is not None:
-        for k in ("top1", "top5", "loss"):
-            live.summary[f"val/{k}"] = final[k]
-        live.end()
-    return final, state
-
-
-def compute_metrics(model: nn.Module, spec: RunSpec, manifest: dict, data: Tensors, final: dict,
-                    state: State, *, device: torch.device, bf16: bool) -> dict:
-    m = manifest
+def metrics(run: Run, model: nn.Module, manifest: dict, data: Tensors, final: dict,
+            state: State, *, bf16: bool) -> dict:
+    """metrics.json of a cell (rank 0): the final val numbers, the model's size and FLOPs, its
+    measured train and inference throughput."""
+    spec, m, device = run.spec, manifest, run.device
     shape = vit_shape(size=spec.size, patch=spec.patch, image_size=m["image_size"],
                       in_chans=m["channels"], num_classes=m["num_classes"], pool=spec.classify.pool)
     b = min(spec.classify.batch_size, data.train_x.shape[0])
@@ -152,44 +92,52 @@ def compute_metrics(model: nn.Module, spec: RunSpec, manifest: dict, data: Tenso
     speed = {**measure_train(model, x, y, bf16=bf16, steps=steps),
              **measure_inference(model, x, bf16=bf16, steps=steps)}
     return {
-        "run_id": spec.run_id, "task": spec.task, "model": model_key(spec.size, spec.patch),
-        "display": display_name(spec.size, spec.patch), "profile": spec.profile,
+        **identity(run, state), "model": model_key(spec.size, spec.patch),
+        "display": display_name(spec.size, spec.patch),
         "dataset": m["source"], "image_size": m["image_size"], "size": spec.size,
-        "patch": spec.patch, "seed": spec.seed, "variant": spec.variant,
+        "patch": spec.patch, "variant": spec.variant,
         "pos_embed": spec.classify.pos_embed, "permutation": spec.classify.permutation.kind,
         "tokens": shape.patch_tokens, "num_classes": m["num_classes"],
         "params": sum(p.numel() for p in model.parameters()),
         "top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "val_n": final["n"],
         "train_loss": state.history[-1]["train_loss"] if state.history else None,
         "gflops_infer": vit_forward_flops(shape) / 1e9, "gflops_train": vit_train_flops(shape) / 1e9,
-        **speed, "precision": "bf16" if bf16 else "fp32", "device": device.type,
-        "epochs": spec.classify.epochs, "steps": state.global_step,
-        "images_seen": state.global_step * spec.classify.batch_size,
-        "train_s": state.train_time_s, "wall_s": state.wall_time_s,
-        "eval_img_per_s": final["n"] / final["eval_s"], "spec_digest": spec.digest(),
+        **speed, "precision": "bf16" if bf16 else "fp32",
+        "epochs": spec.classify.epochs, "images_seen": state.global_step * spec.classify.batch_size,
+        "eval_img_per_s": final["n"] / final["eval_s"],
     }
+
+
+class Cell(ClassifyBody):
+    """A classification cell: the engine's body plus its outputs."""
+
+    def __init__(self, manifest: dict, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.manifest = manifest
+
+    def outputs(self, run: Run, state: State) -> dict:
+        final = self.evaluate(run.check_results)
+        if not run.is_main:  # the throughput probe would time only one rank's share
+            return {}
+        return metrics(run, distributed.unwrap(self.model), self.manifest, self.data, final,
+                       state, bf16=self.bf16)
 
 
 def run(spec: RunSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
         progress: bool = True, loader_workers: int | None = None) -> dict:
     """Train and evaluate one cell; resumes from ckpt/last.pt; reuses a finished run.
     `loader_workers`: input worker processes (a machine choice; None: data/loader.py's)."""
-    r = Run.open(spec, paths, stale=stale, device=device,
-                 checkpoint_every_s=spec.classify.checkpoint_every_s)
-    if not isinstance(r, Run):
-        return r
-    with r:
+
+    def build(r: Run) -> Cell:
         ds, data = load_data(spec, paths)
         model = build_model(spec, ds.manifest)
         if spec.init is not None:
             load_pretrained_encoder(model, spec, paths)
-        r.describe()
         bf16 = use_bf16(spec.classify.precision, spec.size, r.device)
         model = distributed.wrap(model.to(r.device), r.device)
-        final, state = train(r, model, data, bf16=bf16, progress=progress,
-                             loader_workers=loader_workers)
-        metrics = {}
-        if r.is_main:  # the throughput probe would time only one rank's share of the machine
-            metrics = compute_metrics(distributed.unwrap(model), spec, ds.manifest, data, final,
-                                      state, device=r.device, bf16=bf16)
-        return r.finish(metrics, curve=state.history)
+        return Cell(ds.manifest, spec, model, data, device=r.device, bf16=bf16,
+                    live_dir=r.dir / "dvclive" if r.is_main else None,
+                    loader_workers=loader_workers)
+
+    return run_task(spec, paths, build, stale=stale, device=device, progress=progress,
+                    checkpoint_every_s=spec.classify.checkpoint_every_s)

@@ -14,8 +14,6 @@ and the result do not depend on the number of ranks.
 from __future__ import annotations
 
 import copy
-import sys
-import time
 
 import torch
 from torch import nn
@@ -24,16 +22,17 @@ from pixbench import distributed
 from pixbench.config import Paths
 from pixbench.errors import UserError
 from pixbench.eval.measure import autocast
-from pixbench.gen.diffusion import diffusion_loss, make_train_scheduler
+from pixbench.models.diffusion import diffusion_loss, make_train_scheduler
 from pixbench.models.dit import DIT_SIZES
 from pixbench.config import DitSpec
 from pixbench.tasks.gen.latents import load_latents
-from pixbench.tasks.gen.parallel import check_divisible, rank_mean
+from pixbench.tasks.gen.parallel import check_divisible
 from pixbench.tasks.gen.sampling import (EMA_FILE, build_dit_model, draw_samples, sampling_context,
                                          score_samples)
 from pixbench.tasks.optim import adamw, clip_and_step, lr_at, peak_lr, set_lr
 from pixbench.tasks.runner import Run, State
-from pixbench.tasks.seeds import batch_indices, generator
+from pixbench.tasks.trainer import Body, Schedule, identity, run_task
+from pixbench.rng import batch_indices, generator
 
 
 @torch.no_grad()
@@ -63,13 +62,18 @@ def use_bf16(precision: str, size: str, device: torch.device) -> bool:
     return device.type == "cuda" or DIT_SIZES[size]["hidden_size"] >= 192
 
 
-class DitTrainer:
-    """Model (DDP-wrapped when there are several ranks), its EMA, AdamW, the latents."""
+class DitBody(Body):
+    """The DiT's training (the trainer's body): the model (DDP-wrapped when there are several
+    ranks), its EMA, AdamW, the latents; a curve row every `curve_every_steps` with the FID of
+    a few EMA samples when a probe is given."""
+
+    mean_over_ranks = True  # a step's loss is the global batch's
 
     def __init__(self, spec: DitSpec, latents: torch.Tensor, labels: torch.Tensor, man: dict,
-                 device: torch.device) -> None:
+                 device: torch.device, probe=None) -> None:
         cfg = spec.dit
         self.spec, self.device, self.latents, self.labels = spec, device, latents, labels
+        self.man, self.probe = man, probe
         self.model = build_dit_model(spec, man["latent_shape"], man["num_classes"]).to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = adamw(self.model, cfg.optim)
@@ -79,10 +83,17 @@ class DitTrainer:
         self.warmup = int(cfg.optim.warmup_epochs * per_epoch)
         self.peak = peak_lr(cfg.optim, cfg.batch_size)
         self.bf16 = use_bf16(cfg.precision, spec.size, device)
+        self.schedule = Schedule(cfg.steps, row_every=cfg.curve_every_steps or cfg.steps)
 
-    def step(self, step: int) -> float:
-        """One update; returns the global batch's loss."""
-        spec, cfg = self.spec, self.spec.dit
+    def modules(self) -> dict:
+        return {"model": self.model, "ema": self.ema, "optimizer": self.opt}
+
+    def start(self, state: State) -> None:
+        self.model.train()
+
+    def step(self, state: State) -> dict:
+        """One update on this rank's slice of the global batch drawn from (seed, step)."""
+        spec, cfg, step = self.spec, self.spec.dit, state.global_step
         idx = batch_indices(self.latents.shape[0], cfg.batch_size, spec.seed, step)  # (B,)
         gen = generator(spec.seed + 1, step)
         drop_prob = cfg.class_dropout if self.model.training else 0.0
@@ -97,28 +108,45 @@ class DitTrainer:
                                   force_drop_ids=None if drop is None else drop[mine])
         clip_and_step(self.ddp, self.opt, loss, cfg.optim.grad_clip)
         update_ema(self.ema, self.model, cfg.ema_decay)
-        return rank_mean({"loss": float(loss.detach())})["loss"]
+        return {"loss": loss.detach()}
 
-    def train_until(self, r: Run, state: State, until: int) -> None:
-        """Train to step `until` (a curve point); ticks the runner between curve points."""
-        self.model.train()
-        while state.global_step < until:
-            t0 = time.perf_counter()
-            state.add_loss(self.step(state.global_step))
-            state.global_step += 1
-            state.train_time_s += time.perf_counter() - t0
-            if state.global_step < until:  # a curve point saves after its row is recorded
-                r.tick(state)
+    def row(self, state: State, train_loss: float, end: bool) -> dict:
+        row = {"step": state.global_step, "train_loss": train_loss,
+               "train_time_s": state.train_time_s}
+        if self.probe is not None:
+            row["fid_featnet"] = self.probe(self.ema, state.global_step)
+        return row
+
+    def progress(self, row: dict) -> str:
+        fid = f" fid {row['fid_featnet']:.2f}" if "fid_featnet" in row else ""
+        return f"loss {row['train_loss']:.4f}{fid}"
+
+    def outputs(self, r: Run, state: State) -> dict:
+        """ema.pt (what sampling loads), then the metrics."""
+        from pixbench.models.dit import dit_display_name, dit_gflops_per_step
+
+        spec, cfg, man = r.spec, r.spec.dit, self.man
+        r.write_torch(EMA_FILE, {"ema": self.ema.state_dict(), "latent_shape": man["latent_shape"],
+                                 "num_classes": man["num_classes"], "spec_digest": spec.digest(),
+                                 "spec": spec.canonical()})
+        c, h, _ = man["latent_shape"]
+        return {**identity(r, state), "size": spec.size, "patch": spec.patch,
+                "display": dit_display_name(spec.size, spec.patch),
+                "tokens": (h // spec.patch) ** 2, "pos_embed": cfg.pos_embed,
+                "params": sum(p.numel() for p in self.model.parameters()),
+                "gflops_per_step": dit_gflops_per_step(spec.size, spec.patch, h, c),
+                "train_loss": state.history[-1]["train_loss"],
+                "train_img_per_s": state.global_step * cfg.batch_size
+                / max(state.train_time_s, 1e-9),
+                "precision": "bf16" if self.bf16 else "fp32"}
 
 
 def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
         progress: bool = True) -> dict:
     """Train one (size, patch, seed) DiT cell; resumes from ckpt/last.pt; writes ema.pt."""
     cfg = spec.dit
-    r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=cfg.checkpoint_every_s)
-    if not isinstance(r, Run):
-        return r
-    with r:
+
+    def build(r: Run) -> DitBody:
         latents, labels, man = load_latents(paths, spec.profile, spec.tokenizer, "train")
         latents = latents * man["scale_factor"]  # (N, c, h, w), unit variance
         if latents.shape[0] < cfg.batch_size:
@@ -126,47 +154,10 @@ def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "aut
                             f"{latents.shape[0]} latents")
         check_divisible(cfg.batch_size, "dit.batch_size")
         probe = make_curve_probe(spec, paths, r.device) if cfg.curve_every_steps else None
-        r.describe()
-        tr = DitTrainer(spec, latents, labels, man, r.device)
-        state = r.restore(model=tr.model, ema=tr.ema, optimizer=tr.opt)
-        every = cfg.curve_every_steps or cfg.steps
-        while state.global_step < cfg.steps:
-            tr.train_until(r, state, min(cfg.steps, (state.global_step // every + 1) * every))
-            row = {"step": state.global_step, "train_loss": state.take_mean_loss(),
-                   "train_time_s": state.train_time_s}
-            if probe is not None:
-                row["fid_featnet"] = probe(tr.ema, state.global_step)
-            state.history.append(row)
-            r.save(state)
-            if progress and r.is_main:
-                print(f"{spec.run_id} step {state.global_step}/{cfg.steps} "
-                      f"loss {row['train_loss']:.4f}"
-                      + (f" fid {row['fid_featnet']:.2f}" if "fid_featnet" in row else ""),
-                      file=sys.stderr, flush=True)
-        return _finish(r, tr, man, state)
+        return DitBody(spec, latents, labels, man, r.device, probe)
 
-
-def _finish(r: Run, tr: DitTrainer, man: dict, state: State) -> dict:
-    """ema.pt (what sampling loads), then curve.json and metrics.json (rank 0)."""
-    from pixbench.models.dit import dit_display_name, dit_gflops_per_step
-
-    spec, cfg = r.spec, r.spec.dit
-    r.write_torch(EMA_FILE, {"ema": tr.ema.state_dict(), "latent_shape": man["latent_shape"],
-                             "num_classes": man["num_classes"], "spec_digest": spec.digest(),
-                             "spec": spec.canonical()})
-    c, h, _ = man["latent_shape"]
-    metrics = {"run_id": spec.run_id, "task": "dit", "profile": spec.profile, "size": spec.size,
-               "patch": spec.patch, "seed": spec.seed,
-               "display": dit_display_name(spec.size, spec.patch),
-               "tokens": (h // spec.patch) ** 2, "pos_embed": cfg.pos_embed,
-               "params": sum(p.numel() for p in tr.model.parameters()),
-               "gflops_per_step": dit_gflops_per_step(spec.size, spec.patch, h, c),
-               "steps": state.global_step, "train_loss": state.history[-1]["train_loss"],
-               "train_s": state.train_time_s, "wall_s": state.wall_time_s,
-               "train_img_per_s": state.global_step * cfg.batch_size / max(state.train_time_s, 1e-9),
-               "device": r.device.type, "precision": "bf16" if tr.bf16 else "fp32",
-               "spec_digest": spec.digest()}
-    return r.finish(metrics, curve=state.history)
+    return run_task(spec, paths, build, stale=stale, device=device, progress=progress,
+                    checkpoint_every_s=cfg.checkpoint_every_s)
 
 
 def make_curve_probe(spec: DitSpec, paths: Paths, device: torch.device):

@@ -34,7 +34,7 @@ from pixbench.data.sources import FolderSplit, check_same_classes, scan_image_fo
 from pixbench.errors import UserError
 from pixbench.models.vqgan import code_stats_from_counts
 from pixbench.tasks.gen.tokenizer import CHUNK, encode_chunk, latent_geometry
-from pixbench.tasks.signals import worker_dies_with
+from pixbench.procs import worker_dies_with
 
 TMP_DIR = ".encode-tmp"
 LATENT_FILES = tuple(f"{s}_{k}.npy" for s in ("train", "val")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,10 +29,11 @@ from pixbench.config import FeatNetSpec, FidConfig
 from pixbench.models.featnet import FeatNet
 from pixbench.runio import read_json
 from pixbench.tasks.gen.data import gen_cache
-from pixbench.tasks.gen.parallel import chunked, rank_mean
+from pixbench.tasks.gen.parallel import chunked
 from pixbench.tasks.gen.syncbn import sync_batchnorm
 from pixbench.tasks.optim import set_lr
 from pixbench.tasks.runner import Run, State
+from pixbench.tasks.trainer import Body, Schedule, fit, identity, run_task
 
 WEIGHTS_FILE = "featnet.pt"
 CHECKPOINT_EVERY_S = 60.0  # the featnet config has no interval: an epoch takes seconds
@@ -74,11 +74,14 @@ class Recipe:
     seed: int
 
 
-class Trainer:
-    """Model (channels_last: ~20% faster convolutions on CPU; the state dict is unaffected),
-    its DDP wrapper and AdamW, over the rows `rows` of a uint8 (N, H, W, C) split that may be
-    a memmap: each step gathers its batch by index and converts only that (no float copy of
-    the split; the values are those of a whole-split conversion, bit for bit)."""
+class Trainer(Body):
+    """The FID classifier's training (the trainer's body): model (channels_last: ~20% faster
+    convolutions on CPU; the state dict is unaffected), its DDP wrapper and AdamW, over the
+    rows `rows` of a uint8 (N, H, W, C) split that may be a memmap: each step gathers its batch
+    by index and converts only that (no float copy of the split; the values are those of a
+    whole-split conversion, bit for bit). A curve row per epoch."""
+
+    mean_over_ranks = True  # each rank's loss is weighted by its share of the global batch
 
     def __init__(self, rc: Recipe, images: np.ndarray, labels: np.ndarray, num_classes: int,
                  device: torch.device, rows: np.ndarray | None = None) -> None:
@@ -95,6 +98,10 @@ class Trainer:
         self.y = torch.as_tensor(np.asarray(labels)[self.rows], dtype=torch.long)  # (N,)
         self.n = len(self.rows)
         self.per_epoch = math.ceil(self.n / rc.batch_size)
+        self.schedule = Schedule(rc.epochs * self.per_epoch, self.per_epoch)
+
+    def modules(self) -> dict:
+        return {"model": self.model, "optimizer": self.opt}
 
     def batch(self, mine: torch.Tensor) -> torch.Tensor:
         """The FeatNet input of training rows `mine` (b,), channels_last, on the device."""
@@ -118,13 +125,20 @@ class Trainer:
             flips = torch.rand(self.n, generator=gen) < 0.5
         return order, flips
 
-    def step(self, idx: torch.Tensor, flips: torch.Tensor) -> float:
-        """One update on the global batch `idx` (B,), this rank on its slice; returns the
-        global batch's mean loss. The last batch of an epoch may be short and split unevenly,
-        so each rank's mean is weighted by its share (DDP then averages to the global mean)."""
+    def start(self, state: State) -> None:
+        self.model.train()
+        self.order, self.flips = self.epoch_draws(state.epoch)
+
+    def step(self, state: State) -> dict:
+        """One update on the global batch of this step, this rank on its slice. The last batch
+        of an epoch may be short and split unevenly, so each rank's mean is weighted by its
+        share (DDP then averages to the global mean); the window's mean is per image."""
+        B, s = self.rc.batch_size, state.epoch_step
+        idx = self.order[s * B:(s + 1) * B]
+        set_lr(self.opt, self.lr_at(state.global_step))
         mine = idx[distributed.shard_range(len(idx))]
         xb = self.batch(mine)  # (b, C, H, W)
-        xb = torch.where(flips[mine, None, None, None].to(self.device), xb.flip(3), xb)
+        xb = torch.where(self.flips[mine, None, None, None].to(self.device), xb.flip(3), xb)
         logits = self.ddp(xb)  # (b, K)
         share = len(mine) * distributed.world_size() / len(idx)  # 1.0 on one process
         loss = (F.cross_entropy(logits, self.y[mine].to(self.device)) * share if len(mine)
@@ -136,33 +150,18 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
             loss.backward()
         self.opt.step()
-        return rank_mean({"loss": float(loss.detach())})["loss"]
+        return {"loss": loss.detach(), "n": len(idx)}
 
-    def fit(self, state: State, on_step=None, on_epoch=None) -> State:
-        """Train from the state's (epoch, epoch_step) to the last epoch."""
-        B = self.rc.batch_size
-        while state.epoch < self.rc.epochs:
-            self.model.train()
-            order, flips = self.epoch_draws(state.epoch)
-            while state.epoch_step < self.per_epoch:
-                t0, s = time.perf_counter(), state.epoch_step
-                idx = order[s * B:(s + 1) * B]
-                set_lr(self.opt, self.lr_at(state.global_step))
-                loss = self.step(idx, flips)
-                state.loss_sum += loss * len(idx)  # the epoch's per-image mean, as logged before
-                state.loss_count += len(idx)
-                state.global_step, state.epoch_step = state.global_step + 1, s + 1
-                state.train_time_s += time.perf_counter() - t0
-                if on_step is not None and state.epoch_step < self.per_epoch:
-                    on_step(state)
-            state.history.append({"epoch": state.epoch + 1, "step": state.global_step,
-                                  "train_loss": state.take_mean_loss(),
-                                  "train_time_s": state.train_time_s})
-            state.epoch, state.epoch_step = state.epoch + 1, 0
-            if on_epoch is not None:
-                on_epoch(state)
+    def row(self, state: State, train_loss: float, end: bool) -> dict:
+        return {"epoch": state.epoch + 1, "step": state.global_step, "train_loss": train_loss,
+                "train_time_s": state.train_time_s}
+
+    def finish(self, state: State) -> None:
         self.model.to(memory_format=torch.contiguous_format).eval()
-        return state
+
+    def fit(self, state: State) -> State:
+        """Train without a run dir (tests, notebooks)."""
+        return fit(self, state)
 
 
 @torch.no_grad()
@@ -201,65 +200,75 @@ def _scores(tr: Trainer, val_images: np.ndarray, val_labels: np.ndarray, state: 
             "params": sum(p.numel() for p in tr.model.parameters())}
 
 
-def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
-        progress: bool = True) -> dict:
-    """Train the FID classifier; resumes from ckpt/last.pt; writes featnet.pt (rank 0)."""
-    r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=CHECKPOINT_EVERY_S)
-    if not isinstance(r, Run):
-        return r
-    with r:
-        cfg = spec.featnet
-        ds = gen_cache(paths, spec.profile, spec.data.model_dump())
-        labels = np.asarray(ds.train_labels)
-        tr_idx = balanced_subset(labels, cfg.train_subset, len(ds.classes))
-        val_labels = np.asarray(ds.val_labels)
-        if cfg.pretrained is not None:
-            return _run_pinned(spec, r, ds, val_labels)
-        r.describe()
-        rc = Recipe(cfg.width, cfg.feature_dim, cfg.epochs, cfg.batch_size, cfg.lr, spec.seed)
-        num_classes = int(max(labels[tr_idx].max(), val_labels.max() if len(val_labels) else 0)) + 1
-        tr = Trainer(rc, ds.train_images, labels, num_classes, r.device, rows=tr_idx)
-        state = r.restore(model=tr.model, optimizer=tr.opt)
+class Cell(Trainer):
+    """A FeatNet run: the trainer's body plus its outputs (featnet.pt, val top-1)."""
 
-        def on_epoch(s: State) -> None:
-            r.save(s)
-            if progress and r.is_main:
-                print(f"featnet epoch {s.epoch}/{cfg.epochs}: "
-                      f"loss {s.history[-1]['train_loss']:.4f}",
-                      file=sys.stderr, flush=True)
+    def __init__(self, ds, val_labels: np.ndarray, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ds, self.val_labels = ds, val_labels
 
-        state = tr.fit(state, on_step=r.tick, on_epoch=on_epoch)
-        scores = _scores(tr, ds.val_images, val_labels, state)
-        meta = {"spec_digest": spec.digest(), "run_id": spec.run_id, "image_size": ds.image_size,
-                "val_top1": scores["val_top1"]}
-        r.write_torch(WEIGHTS_FILE, featnet_payload(tr.model, meta))
-        metrics = {"run_id": spec.run_id, "task": "featnet", "profile": spec.profile,
-                   "seed": spec.seed, **scores, "steps": state.global_step,
-                   "wall_s": state.wall_time_s, "spec_digest": spec.digest()}
-        return r.finish(metrics, curve=state.history)
+    def progress(self, row: dict) -> str:
+        return f"loss {row['train_loss']:.4f}"
+
+    def outputs(self, r: Run, state: State) -> dict:
+        scores = _scores(self, self.ds.val_images, self.val_labels, state)
+        meta = {"spec_digest": r.spec.digest(), "run_id": r.spec.run_id,
+                "image_size": self.ds.image_size, "val_top1": scores["val_top1"]}
+        r.write_torch(WEIGHTS_FILE, featnet_payload(self.model, meta))
+        return {**identity(r, state), **scores}
 
 
-def _run_pinned(spec: FeatNetSpec, r: Run, ds, val_labels: np.ndarray) -> dict:
+class Pinned(Body):
     """The committed FeatNet instead of a trained one (tasks/gen/instruments.py): its bytes are
     copied into the run dir as they are, and its top-1 on this validation split is measured."""
+
+    schedule = Schedule(0)
+
+    def __init__(self, src, model, ds, val_labels: np.ndarray) -> None:
+        self.src, self.model, self.ds, self.val_labels = src, model, ds, val_labels
+
+    def outputs(self, r: Run, state: State) -> dict:
+        t0 = time.perf_counter()
+        acc = top1(self.model.to(r.device), self.ds.val_images,
+                   torch.tensor(self.val_labels, dtype=torch.long), r.device)
+        r.write_bytes(WEIGHTS_FILE, self.src.read_bytes())
+        return {**identity(r, state), "pretrained": True, "val_top1": acc, "train_s": 0.0,
+                "params": sum(p.numel() for p in self.model.parameters()),
+                "wall_s": time.perf_counter() - t0}
+
+
+def _pinned(spec: FeatNetSpec, paths: Paths, ds, val_labels: np.ndarray) -> Pinned:
+    """The pinned FeatNet, located and checked against its sha256 and this data."""
     from pixbench.eval.fidelity import featnet_meta, load_featnet
     from pixbench.tasks.gen.instruments import check_pinned, locate
 
     pre = spec.featnet.pretrained
-    src = locate(pre, r.paths, "featnet.pretrained")
+    src = locate(pre, paths, "featnet.pretrained")
     check_pinned(pre, src, "featnet.pretrained")
     model, meta = load_featnet(src), featnet_meta(src)
     if meta.get("image_size") != ds.image_size or model.hparams["in_chans"] != ds.channels:
         raise UserError(f"{src}: a FeatNet for {meta.get('image_size')} px, "
                         f"{model.hparams['in_chans']} channels; gen.data gives "
                         f"{ds.image_size} px, {ds.channels} (featnet.pretrained)")
-    r.describe()
-    t0 = time.perf_counter()
-    acc = top1(model.to(r.device), ds.val_images,
-               torch.tensor(np.asarray(val_labels), dtype=torch.long), r.device)
-    r.write_bytes(WEIGHTS_FILE, src.read_bytes())
-    metrics = {"run_id": spec.run_id, "task": "featnet", "profile": spec.profile,
-               "seed": spec.seed, "pretrained": True, "val_top1": acc, "train_s": 0.0,
-               "params": sum(p.numel() for p in model.parameters()), "steps": 0,
-               "wall_s": time.perf_counter() - t0, "spec_digest": spec.digest()}
-    return r.finish(metrics, curve=[])
+    return Pinned(src, model, ds, val_labels)
+
+
+def run(spec: FeatNetSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
+        progress: bool = True) -> dict:
+    """Train the FID classifier (or take the pinned one); resumes from ckpt/last.pt; writes
+    featnet.pt (rank 0)."""
+    cfg = spec.featnet
+
+    def build(r: Run) -> Body:
+        ds = gen_cache(paths, spec.profile, spec.data.model_dump())
+        labels, val_labels = np.asarray(ds.train_labels), np.asarray(ds.val_labels)
+        if cfg.pretrained is not None:
+            return _pinned(spec, paths, ds, val_labels)
+        tr_idx = balanced_subset(labels, cfg.train_subset, len(ds.classes))
+        rc = Recipe(cfg.width, cfg.feature_dim, cfg.epochs, cfg.batch_size, cfg.lr, spec.seed)
+        num_classes = int(max(labels[tr_idx].max(), val_labels.max() if len(val_labels) else 0)) + 1
+        return Cell(ds, val_labels, rc, ds.train_images, labels, num_classes, r.device,
+                    rows=tr_idx)
+
+    return run_task(spec, paths, build, stale=stale, device=device, progress=progress,
+                    checkpoint_every_s=CHECKPOINT_EVERY_S)

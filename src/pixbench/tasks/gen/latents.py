@@ -42,6 +42,7 @@ from pixbench.tasks.gen.reference import reference_stats
 from pixbench.tasks.gen.tokenizer import TOKENIZER_DIR, WEIGHTS, encode_sharded, load_tokenizer
 from pixbench.tasks.rundir import remove_run_dir
 from pixbench.tasks.runner import Run
+from pixbench.tasks.trainer import Once, run_task
 
 LATENTS_MANIFEST = "latents.json"  # (manifest.json is the runner's run manifest)
 RECON_IMAGES = 32
@@ -101,33 +102,38 @@ def run_encode(spec: EncodeSpec, paths: Paths, *, stale: str = "error", device: 
     tok = tokenizer_dir(paths, spec.profile, spec.tokenizer)
     _drop_other_tokenizer(latents_dir(paths, spec.profile, spec.tokenizer["run_id"]), tok / WEIGHTS,
                           paths.runs_dir)
-    r = Run.open(spec, paths, stale=stale, device=device)
-    if not isinstance(r, Run):
-        return r
-    with r:
+
+    def build(r: Run) -> Once:
         model = load_tokenizer(tok, expect_digest=spec.tokenizer["digest"]).to(r.device)
         source = _Source(spec, paths, model.config.in_channels)
         weights_sha = sha256_file(tok / WEIGHTS)
-        r.describe()
-        with enc.nothing_half_written(r.dir):  # a full disk: one line, no latents left
-            tmp = enc.fresh_tmp(r.dir)
-            t0 = time.perf_counter()
-            for split in ("train", "val"):
-                n = len(source.idx[split])
-                if r.is_main:
-                    enc.allocate(tmp, split, n, model, spec.data.image_size)
-                distributed.barrier()
-                rows = enc.my_rows(n)
-                enc.encode_into(model, tmp, split, source.batches(split, rows), rows, r.device)
-                if progress and r.is_main:
-                    print(f"{spec.run_id}: encoded {split} ({n} images)", file=sys.stderr,
-                          flush=True)
-            distributed.barrier()
-            manifest = {}
+        return Once(lambda r, state: _encode(r, model, source, weights_sha, progress))
+
+    return run_task(spec, paths, build, stale=stale, device=device, progress=progress)
+
+
+def _encode(r: Run, model, source, weights_sha: str, progress: bool) -> dict:
+    """Both splits streamed into a temp dir, committed by rank 0; its manifest on every rank."""
+    spec = r.spec
+    with enc.nothing_half_written(r.dir):  # a full disk: one line, no latents left
+        tmp = enc.fresh_tmp(r.dir)
+        t0 = time.perf_counter()
+        for split in ("train", "val"):
+            n = len(source.idx[split])
             if r.is_main:
-                manifest = _commit(spec, r, tmp, source, model, weights_sha,
-                                   time.perf_counter() - t0)
-        return r.finish(from_main(manifest))
+                enc.allocate(tmp, split, n, model, spec.data.image_size)
+            distributed.barrier()
+            rows = enc.my_rows(n)
+            enc.encode_into(model, tmp, split, source.batches(split, rows), rows, r.device)
+            if progress and r.is_main:
+                print(f"{spec.run_id}: encoded {split} ({n} images)", file=sys.stderr,
+                      flush=True)
+        distributed.barrier()
+        manifest = {}
+        if r.is_main:
+            manifest = _commit(spec, r, tmp, source, model, weights_sha,
+                               time.perf_counter() - t0)
+    return from_main(manifest)
 
 
 def reads_folder(spec: EncodeSpec) -> bool:
@@ -174,7 +180,7 @@ def _commit(spec: EncodeSpec, r: Run, tmp: Path, source: _Source, model, weights
     for name in files:
         os.replace(tmp / name, r.dir / name)
     shutil.rmtree(tmp, ignore_errors=True)
-    manifest = {"run_id": spec.run_id, "task": "vq-encode",
+    manifest = {"run_id": spec.run_id, "task": spec.task,
                 "tokenizer": spec.tokenizer["run_id"],
                 "tokenizer_digest": spec.tokenizer["digest"], "tokenizer_sha256": weights_sha,
                 "latent_shape": files["train_latents.npy"]["shape"][1:],
@@ -213,40 +219,45 @@ def run_eval(spec: VQEvalSpec, paths: Paths, *, stale: str = "error", device: st
              progress: bool = True) -> dict:
     """PSNR, L1, codebook usage / perplexity on val images, rFID (FeatNet) and the sanity FIDs;
     every rank returns rank 0's metrics."""
-    r = Run.open(spec, paths, stale=stale, device=device)
-    if not isinstance(r, Run):
-        return r
-    with r:
+
+    def build(r: Run) -> Once:
         model = load_tokenizer(tokenizer_dir(paths, spec.profile, spec.tokenizer),
                                expect_digest=spec.tokenizer["digest"]).to(r.device)
         vq_spec = read_json(paths.run_dir(spec.profile, spec.tokenizer["run_id"]) / "spec.json",
                             "tokenizer spec")["spec"]
         ds = gen_cache(paths, spec.profile, vq_spec["data"])
         featnet_path(paths, spec.profile, spec.featnet)  # missing or corrupt: before any write
-        r.describe()
-        n = min(spec.eval_images, ds.val_images.shape[0])
-        images = np.asarray(ds.val_images[:n])  # (n, H, W, C) uint8
-        t0 = time.perf_counter()
-        _, codes, rec = encode_sharded(model, images, r.device, decode=True)  # rec (n, C, H, W)
-        recon_s = time.perf_counter() - t0
-        metrics = {}
-        if r.is_main:
-            orig = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (n, C, H, W)
-            psnr = psnr_per_image(orig, rec)
-            l1 = (orig.float() - rec.float()).abs().mean() / 127.5  # [-1, 1] units of training
-            metrics = {"run_id": spec.run_id, "task": "vq-eval",
-                       "tokenizer": spec.tokenizer["run_id"],
-                       "profile": spec.profile, "val_n": n, "psnr": float(psnr.mean()),
-                       "psnr_std": float(psnr.std()), "l1": float(l1),
-                       **code_stats(codes.long(), model.config.num_vq_embeddings),
-                       "codebook_size": model.config.num_vq_embeddings,
-                       **sanity_fids(spec, paths, vq_spec["data"], orig, rec),
-                       "recon_img_per_s": n / recon_s, "spec_digest": spec.digest()}
-            buf = io.BytesIO()
-            np.savez(buf, original=orig[:RECON_IMAGES].numpy(),
-                     reconstruction=rec[:RECON_IMAGES].numpy())
-            r.write_bytes("reconstructions.npz", buf.getvalue())
-        return r.finish(from_main(metrics))
+        return Once(lambda r, state: _evaluate(r, paths, model, vq_spec, ds))
+
+    return run_task(spec, paths, build, stale=stale, device=device, progress=progress)
+
+
+def _evaluate(r: Run, paths: Paths, model, vq_spec: dict, ds) -> dict:
+    """reconstructions.npz and the metrics (rank 0's, on every rank)."""
+    spec = r.spec
+    n = min(spec.eval_images, ds.val_images.shape[0])
+    images = np.asarray(ds.val_images[:n])  # (n, H, W, C) uint8
+    t0 = time.perf_counter()
+    _, codes, rec = encode_sharded(model, images, r.device, decode=True)  # rec (n, C, H, W)
+    recon_s = time.perf_counter() - t0
+    metrics = {}
+    if r.is_main:
+        orig = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (n, C, H, W)
+        psnr = psnr_per_image(orig, rec)
+        l1 = (orig.float() - rec.float()).abs().mean() / 127.5  # [-1, 1] units of training
+        metrics = {"run_id": spec.run_id, "task": spec.task,
+                   "tokenizer": spec.tokenizer["run_id"],
+                   "profile": spec.profile, "val_n": n, "psnr": float(psnr.mean()),
+                   "psnr_std": float(psnr.std()), "l1": float(l1),
+                   **code_stats(codes.long(), model.config.num_vq_embeddings),
+                   "codebook_size": model.config.num_vq_embeddings,
+                   **sanity_fids(spec, paths, vq_spec["data"], orig, rec),
+                   "recon_img_per_s": n / recon_s, "spec_digest": spec.digest()}
+        buf = io.BytesIO()
+        np.savez(buf, original=orig[:RECON_IMAGES].numpy(),
+                 reconstruction=rec[:RECON_IMAGES].numpy())
+        r.write_bytes("reconstructions.npz", buf.getvalue())
+    return from_main(metrics)
 
 
 def sanity_fids(spec: VQEvalSpec, paths: Paths, data_spec: dict, orig: torch.Tensor,

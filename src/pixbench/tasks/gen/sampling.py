@@ -27,7 +27,7 @@ from pixbench.errors import UserError
 from pixbench.eval.fidelity import fidelity_metrics
 from pixbench.eval.inception import inception_weights, read_fid_reference
 from pixbench.eval.refstats import fid_from_stats, stream_stats, tensor_batches
-from pixbench.gen.diffusion import sample
+from pixbench.models.diffusion import sample
 from pixbench.config import DitSpec, FidConfig, SampleConfig
 from pixbench.runio import load_checkpoint, read_json
 from pixbench.tasks.gen.featnet import featnet_path, reference_cache_name
@@ -35,7 +35,7 @@ from pixbench.tasks.gen.latents import read_manifest, tokenizer_dir
 from pixbench.tasks.gen.parallel import chunked, from_main
 from pixbench.tasks.gen.reference import reference_stats, set_reference
 from pixbench.tasks.gen.tokenizer import decode_latents, latent_geometry, load_tokenizer
-from pixbench.tasks.seeds import generator
+from pixbench.rng import generator
 
 EMA_FILE = "ema.pt"
 NOISE_STREAM = 10_000_000  # chunk b's noise seed is (seed, NOISE_STREAM + b): apart from training's

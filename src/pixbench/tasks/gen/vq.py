@@ -15,8 +15,6 @@ the same vectors and the codebooks never drift apart.
 
 from __future__ import annotations
 
-import sys
-import time
 
 import numpy as np
 import torch
@@ -27,11 +25,12 @@ from pixbench.config import Paths, VQSpec
 from pixbench.models.vqgan import (PatchDiscriminator, build_vqmodel, hinge_d_loss,
                                    restart_dead_codes, vq_forward)
 from pixbench.tasks.gen.data import gen_cache, to_unit
-from pixbench.tasks.gen.parallel import check_divisible, rank_mean, rank_mean_tensor
+from pixbench.tasks.gen.parallel import check_divisible, rank_mean_tensor
 from pixbench.tasks.gen.syncbn import sync_batchnorm
 from pixbench.tasks.gen.tokenizer import TOKENIZER_DIR, import_pretrained, save_tokenizer
 from pixbench.tasks.runner import Run, State
-from pixbench.tasks.seeds import batch_indices, generator
+from pixbench.tasks.trainer import Body, Schedule, identity, run_task
+from pixbench.rng import batch_indices, generator
 
 CURVE_EVERY = 50  # steps per curve row (the mean of the window's per-step values)
 
@@ -108,7 +107,7 @@ def train_step(tr: VQTrainer, x: torch.Tensor, step: int, gen: torch.Generator) 
     tr.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     tr.opt_g.step()
-    d_loss = torch.zeros(())
+    d_loss = torch.zeros((), device=x.device)
     if gan:
         tr.disc.train()
         d_loss = hinge_d_loss(tr.disc_ddp(x), tr.disc_ddp(rec.detach()))
@@ -119,72 +118,85 @@ def train_step(tr: VQTrainer, x: torch.Tensor, step: int, gen: torch.Generator) 
     n = restart_dead_codes(tr.model.quantize.embedding.weight.data, tr.gen.last_used,
                            distributed.gather_rows(idx), distributed.gather_rows(z.detach()),
                            step, cfg.dead_code_steps, gen)
-    out = rank_mean({"rec_l1": float(rec_loss.detach()), "vq": float(vq_loss.detach()),
-                     "d_loss": float(d_loss.detach()) if gan else 0.0})
-    return {**out, "d_weight": d_w, "restarts": n}
+    # tensors: the trainer averages them over ranks at its next sync; the rest is global
+    return {"rec_l1": rec_loss.detach(), "vq": vq_loss.detach(), "d_loss": d_loss.detach(),
+            "d_weight": d_w, "restarts": n}
 
 
-def train(tr: VQTrainer, r: Run, images: np.ndarray, state: State, progress: bool) -> State:
-    """Train from state.global_step to vq.steps; the curve window and the restart count live
-    in the State, so a resumed run writes the same curve and metrics."""
-    cfg, spec = tr.spec.vq, tr.spec
-    tr.gen.train()
-    while state.global_step < cfg.steps:
-        t0, step = time.perf_counter(), state.global_step
-        idx = distributed.shard(batch_indices(images.shape[0], cfg.batch_size, spec.seed, step))
-        x = to_unit(images[idx.numpy()]).to(r.device)  # (B / world, C, H, W)
-        out = train_step(tr, x, step, generator(spec.seed + 1, step))
+class VQBody(Body):
+    """The tokenizer's training (the trainer's body): one generator and one discriminator step
+    on the global batch drawn from (seed, step); a curve row every CURVE_EVERY steps holds the
+    window's mean of every per-step value. The restart count lives in the State."""
+
+    mean_over_ranks = True
+
+    def __init__(self, tr: VQTrainer, images: np.ndarray, device: torch.device) -> None:
+        self.tr, self.images, self.device = tr, images, device
+        self.schedule = Schedule(tr.spec.vq.steps, row_every=CURVE_EVERY)
+
+    def modules(self) -> dict:
+        return self.tr.modules()
+
+    def start(self, state: State) -> None:
+        self.tr.gen.train()
+
+    def step(self, state: State) -> dict:
+        cfg, spec, step = self.tr.spec.vq, self.tr.spec, state.global_step
+        idx = distributed.shard(batch_indices(self.images.shape[0], cfg.batch_size, spec.seed, step))
+        x = to_unit(self.images[idx.numpy()]).to(self.device)  # (B / world, C, H, W)
+        out = train_step(self.tr, x, step, generator(spec.seed + 1, step))
         state.extra["restarts"] = state.extra.get("restarts", 0) + out["restarts"]
-        state.global_step += 1
-        state.window.append(out)
-        state.train_time_s += time.perf_counter() - t0
-        if state.global_step % CURVE_EVERY == 0 or state.global_step == cfg.steps:
-            row = {k: float(np.mean([w[k] for w in state.window])) for k in state.window[0]}
-            state.history.append({"step": state.global_step, **row,
-                                  "train_time_s": state.train_time_s})
-            state.window = []
-            if progress and r.is_main:
-                print(f"{spec.run_id} step {state.global_step}/{cfg.steps} l1 {row['rec_l1']:.4f} "
-                      f"vq {row['vq']:.4f} d {row['d_loss']:.3f}", file=sys.stderr, flush=True)
-        r.tick(state)
-    return state
+        return out
+
+    def row(self, state: State, train_loss: float, end: bool) -> dict:
+        row = {k: float(np.mean([w[k] for w in state.window])) for k in state.window[0]}
+        return {"step": state.global_step, **row, "train_time_s": state.train_time_s}
+
+    def progress(self, row: dict) -> str:
+        return f"l1 {row['rec_l1']:.4f} vq {row['vq']:.4f} d {row['d_loss']:.3f}"
+
+    def outputs(self, r: Run, state: State) -> dict:
+        if r.is_main:
+            save_tokenizer(self.tr.model.cpu(), r.dir / TOKENIZER_DIR, r.spec)
+        return _metrics(r, self.tr.model, state)
+
+
+class Imported(Body):
+    """The pretrained tokenizer (vq.pretrained) instead of a trained one: no steps."""
+
+    schedule = Schedule(0)  # curve.json: [] (as a trained one's, with no rows)
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def outputs(self, r: Run, state: State) -> dict:
+        if r.is_main:
+            save_tokenizer(self.model.cpu(), r.dir / TOKENIZER_DIR, r.spec)
+        return _metrics(r, self.model, state)
 
 
 def run(spec: VQSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
         progress: bool = True) -> dict:
     """Train one tokenizer (or import the pretrained one) and save its diffusers folder."""
-    r = Run.open(spec, paths, stale=stale, device=device,
-                 checkpoint_every_s=spec.vq.checkpoint_every_s)
-    if not isinstance(r, Run):
-        return r
-    with r:
+
+    def build(r: Run) -> Body:
         ds = gen_cache(paths, spec.profile, spec.data.model_dump())
         if spec.vq.pretrained is not None:
-            model = import_pretrained(spec.vq.pretrained, paths, spec.vq, ds.channels)
-            r.describe()
-            state = State()
-        else:
-            check_divisible(spec.vq.batch_size, "vq.batch_size")
-            r.describe()
-            tr = VQTrainer(spec, ds.channels, r.device)
-            state = r.restore(**tr.modules())
-            state = train(tr, r, np.asarray(ds.train_images), state, progress)
-            r.save(state)
-            model = tr.model
-        if r.is_main:
-            save_tokenizer(model.cpu(), r.dir / TOKENIZER_DIR, spec)
-        return r.finish(_metrics(spec, model, state, r.device), curve=state.history)
+            return Imported(import_pretrained(spec.vq.pretrained, paths, spec.vq, ds.channels))
+        check_divisible(spec.vq.batch_size, "vq.batch_size")
+        return VQBody(VQTrainer(spec, ds.channels, r.device), np.asarray(ds.train_images),
+                      r.device)
+
+    return run_task(spec, paths, build, stale=stale, device=device, progress=progress,
+                    checkpoint_every_s=spec.vq.checkpoint_every_s)
 
 
-def _metrics(spec: VQSpec, model: nn.Module, state: State, device: torch.device) -> dict:
-    cfg = spec.vq
-    return {"run_id": spec.run_id, "task": "vq", "profile": spec.profile, "seed": spec.seed,
-            "pretrained": cfg.pretrained is not None, "downsample": cfg.downsample,
+def _metrics(r: Run, model: nn.Module, state: State) -> dict:
+    spec, cfg = r.spec, r.spec.vq
+    return {**identity(r, state), "pretrained": cfg.pretrained is not None, "downsample": cfg.downsample,
             "latent_channels": cfg.latent_channels, "codebook_size": cfg.codebook_size,
             "latent_side": spec.data.image_size // cfg.downsample,
-            "params": sum(p.numel() for p in model.parameters()), "steps": state.global_step,
-            "train_s": state.train_time_s, "wall_s": state.wall_time_s,
+            "params": sum(p.numel() for p in model.parameters()),
             "code_restarts": state.extra.get("restarts", 0),
             "train_img_per_s": state.global_step * cfg.batch_size / max(state.train_time_s, 1e-9),
-            "final_l1": state.history[-1]["rec_l1"] if state.history else None,
-            "device": device.type, "spec_digest": spec.digest()}
+            "final_l1": state.history[-1]["rec_l1"] if state.history else None}

@@ -1,50 +1,71 @@
-"""MAE pre-training, one epoch at a time (He et al. 2022's engine_pretrain split)."""
+"""MAE pre-training's engine (He et al. 2022's engine_pretrain split); the trainer runs its steps."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from pixbench import distributed
 from pixbench.data.augment import normalize
 from pixbench.data.loader import Rows, epoch_batches
 from pixbench.eval.measure import autocast
 from pixbench.models.mae import MaskedAutoencoder
-from pixbench.tasks.optim import clip_and_step, lr_at, peak_lr, set_lr
+from pixbench.tasks.optim import adamw, clip_and_step, lr_at, peak_lr, set_lr
 from pixbench.tasks.runner import State
+from pixbench.tasks.trainer import Body, Schedule
 
 
-def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: Rows,
-                    mean: torch.Tensor, std: torch.Tensor, cfg, seed: int, state: State, *,
-                    device: torch.device, bf16: bool, on_step,
-                    loader_workers: int | None = None) -> float:
-    """The rest of epoch `state.epoch` from `state.epoch_step`; returns the mean masked MSE.
-    `loader_workers`: data/loader.py's worker processes (None: its machine default)."""
-    steps_per_epoch = images.shape[0] // cfg.batch_size
-    total, warmup = steps_per_epoch * cfg.epochs, round(cfg.optim.warmup_epochs * steps_per_epoch)
-    peak = peak_lr(cfg.optim, cfg.batch_size)
-    tokens = (images.shape[1] // distributed.unwrap(model).patch) ** 2
-    # this rank's shard of each global batch and of its masking noise (drawn for the whole
-    # batch after the augmentation, from the same generator): N ranks mask as one process does
-    batches = epoch_batches(images, None, cfg, seed, state, mean=mean, std=std, device=device,
-                            workers=loader_workers, noise_tokens=tokens)
-    model.train()
-    while state.epoch_step < steps_per_epoch:
-        t0 = time.perf_counter()
-        x, _, noise = next(batches).to(device, mean, std, cfg.augment)  # (B/W, C, H, W), (B/W, L)
-        set_lr(opt, lr_at(state.global_step, total, warmup, peak, cfg.optim.min_lr_ratio))
-        with autocast(device, bf16):
-            loss, _, _ = model(x, mask_ratio=cfg.mask_ratio, noise=noise)
-        clip_and_step(model, opt, loss, cfg.optim.grad_clip)
-        state.add_loss(loss.item())
-        state.epoch_step, state.global_step = state.epoch_step + 1, state.global_step + 1
-        state.train_time_s += time.perf_counter() - t0
-        if state.epoch_step < steps_per_epoch:
-            on_step(state)
-    return state.loss_sum / max(1, state.loss_count)
+class MaeBody(Body):
+    """MAE pre-training (the trainer's body): masked MSE, AdamW on the recipe's schedule; a
+    curve row per epoch with the fixed-mask val reconstruction loss."""
+
+    def __init__(self, model: MaskedAutoencoder, images: Rows, val: torch.Tensor,
+                 mean: torch.Tensor, std: torch.Tensor, cfg, seed: int, *, device: torch.device,
+                 bf16: bool, loader_workers: int | None = None) -> None:
+        self.model, self.ddp = model, distributed.wrap(model, device)
+        self.opt = adamw(model, cfg.optim)
+        self.images, self.val, self.mean, self.std, self.cfg, self.seed = (images, val, mean,
+                                                                           std, cfg, seed)
+        self.device, self.bf16, self.loader_workers = device, bf16, loader_workers
+        per_epoch = images.shape[0] // cfg.batch_size
+        self.schedule = Schedule(per_epoch * cfg.epochs, per_epoch)
+        self.warmup = round(cfg.optim.warmup_epochs * per_epoch)
+        self.peak = peak_lr(cfg.optim, cfg.batch_size)
+        self.tokens = (images.shape[1] // model.patch) ** 2
+        self.batches = None
+
+    def modules(self) -> dict:
+        return {"model": self.model, "optimizer": self.opt}
+
+    def start(self, state: State) -> None:
+        """This rank's shard of each global batch and of its masking noise (drawn for the whole
+        batch after the augmentation, from the same generator): N ranks mask as one does."""
+        self.batches = epoch_batches(self.images, None, self.cfg, self.seed, state,
+                                     mean=self.mean, std=self.std, device=self.device,
+                                     workers=self.loader_workers, noise_tokens=self.tokens)
+        self.ddp.train()
+
+    def step(self, state: State) -> dict:
+        cfg = self.cfg
+        x, _, noise = next(self.batches).to(self.device, self.mean, self.std,
+                                            cfg.augment)  # (B/W, C, H, W), (B/W, L)
+        set_lr(self.opt, lr_at(state.global_step, self.schedule.steps, self.warmup, self.peak,
+                               cfg.optim.min_lr_ratio))
+        with autocast(self.device, self.bf16):
+            loss, _, _ = self.ddp(x, mask_ratio=cfg.mask_ratio, noise=noise)
+        clip_and_step(self.ddp, self.opt, loss, cfg.optim.grad_clip)
+        return {"loss": loss.detach()}
+
+    def row(self, state: State, train_loss: float, end: bool) -> dict:
+        self.batches = None  # the epoch's input workers end before the evaluation
+        val_loss = evaluate(self.model, self.val, self.mean, self.std, self.cfg.mask_ratio,
+                            device=self.device, bf16=self.bf16)
+        return {"epoch": state.epoch + 1, "step": state.global_step, "train_loss": train_loss,
+                "val_recon_loss": val_loss, "train_time_s": state.train_time_s}
+
+    def progress(self, row: dict) -> str:
+        return f"loss {row['train_loss']:.4f} val {row['val_recon_loss']:.4f}"
 
 
 @torch.no_grad()

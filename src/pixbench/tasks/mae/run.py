@@ -7,27 +7,24 @@ baseline are classification runs (tasks/classify) whose spec names this run's en
 from __future__ import annotations
 
 import io
-import sys
-import time
 
 import numpy as np
 import torch
 
-from pixbench import distributed
 from pixbench.config import Paths, PretrainSpec
 from pixbench.data.augment import normalize
 from pixbench.data.cache import load_cache
 from pixbench.data.loader import Rows
 from pixbench.data.subsets import balanced_subset
 from pixbench.errors import UserError
-from pixbench.eval.flops import mae_forward_flops
-from pixbench.eval.measure import autocast
+from pixbench.models.flops import mae_forward_flops
+from pixbench.eval.measure import measure_inference
 from pixbench.models.mae import DECODER_SIZES, MaskedAutoencoder
 from pixbench.models.vit import SIZES, display_name
 from pixbench.tasks.classify.engine import use_bf16
-from pixbench.tasks.mae.engine import evaluate, reconstructions, train_one_epoch
-from pixbench.tasks.optim import adamw
+from pixbench.tasks.mae.engine import MaeBody, reconstructions
 from pixbench.tasks.runner import Run, State
+from pixbench.tasks.trainer import identity, run_task
 
 ENCODER_FILE = "encoder.pt"
 RECON_IMAGES = 8  # fixed val images for the reconstruction figure
@@ -41,7 +38,7 @@ def build_mae(spec: PretrainSpec, manifest: dict) -> MaskedAutoencoder:
 
 
 def spec_flops(spec: PretrainSpec, image_size: int, in_chans: int) -> float:
-    """Forward FLOPs per image of this spec's MAE (eval/flops.py holds the formula)."""
+    """Forward FLOPs per image of this spec's MAE (models/flops.py holds the formula)."""
     s, d = SIZES[spec.size], DECODER_SIZES[spec.size]
     return mae_forward_flops(tokens=(image_size // spec.patch) ** 2,
                              patch_dim=spec.patch ** 2 * in_chans, enc_dim=s.dim,
@@ -66,45 +63,38 @@ def load_data(spec: PretrainSpec, paths: Paths):
     return ds.manifest, images, val, torch.tensor(ds.mean), torch.tensor(ds.std)
 
 
+class Pretraining(MaeBody):
+    """An MAE pre-training cell: the engine's body plus its outputs."""
+
+    def __init__(self, manifest: dict, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.manifest = manifest
+
+    def outputs(self, run: Run, state: State) -> dict:
+        """encoder.pt, the reconstruction arrays, measured speed; the metrics (rank 0)."""
+        return _outputs(run, self, state) if run.is_main else {}
+
+
 def run(spec: PretrainSpec, paths: Paths, *, stale: str = "error", device: str = "auto",
         progress: bool = True, loader_workers: int | None = None) -> dict:
     """Pre-train one cell; resumes from ckpt/last.pt; writes encoder.pt. `loader_workers`:
     input worker processes (a machine choice; None: data/loader.py's default)."""
     cfg = spec.pretrain
-    r = Run.open(spec, paths, stale=stale, device=device, checkpoint_every_s=cfg.checkpoint_every_s)
-    if not isinstance(r, Run):
-        return r
-    with r:
+
+    def build(r: Run) -> Pretraining:
         manifest, images, val, mean, std = load_data(spec, paths)
-        r.describe()
-        dev, bf16 = r.device, use_bf16(cfg.precision, spec.size, r.device)
-        model = build_mae(spec, manifest).to(dev)
-        ddp = distributed.wrap(model, dev)
-        opt = adamw(model, cfg.optim)
-        state = r.restore(model=model, optimizer=opt)
-        while state.epoch < cfg.epochs:
-            loss = train_one_epoch(ddp, opt, images, mean, std, cfg, spec.seed, state, device=dev,
-                                   bf16=bf16, on_step=r.tick, loader_workers=loader_workers)
-            val_loss = evaluate(model, val, mean, std, cfg.mask_ratio, device=dev, bf16=bf16)
-            state.history.append({"epoch": state.epoch + 1, "step": state.global_step,
-                                  "train_loss": loss, "val_recon_loss": val_loss,
-                                  "train_time_s": state.train_time_s})
-            state.epoch, state.epoch_step = state.epoch + 1, 0
-            state.take_mean_loss()
-            r.save(state)
-            if r.is_main and progress:
-                print(f"{spec.run_id} epoch {state.epoch}/{cfg.epochs} loss {loss:.4f} "
-                      f"val {val_loss:.4f}", file=sys.stderr, flush=True)
-        metrics = (_outputs(r, model, manifest, images, val, mean, std, state, bf16)
-                   if r.is_main else {})
-        return r.finish(metrics, curve=state.history)
+        model = build_mae(spec, manifest).to(r.device)
+        return Pretraining(manifest, model, images, val, mean, std, cfg, spec.seed,
+                           device=r.device, bf16=use_bf16(cfg.precision, spec.size, r.device),
+                           loader_workers=loader_workers)
+
+    return run_task(spec, paths, build, stale=stale, device=device, progress=progress,
+                    checkpoint_every_s=cfg.checkpoint_every_s)
 
 
-def _outputs(r: Run, model: MaskedAutoencoder, manifest: dict, images: Rows,
-             val: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, state: State,
-             bf16: bool) -> dict:
-    """encoder.pt, the reconstruction arrays, measured speed; returns the metrics (rank 0)."""
-    spec, dev = r.spec, r.device
+def _outputs(r: Run, body: Pretraining, state: State) -> dict:
+    spec, dev, model, manifest = r.spec, r.device, body.model, body.manifest
+    images, val, mean, std, bf16 = body.images, body.val, body.mean, body.std, body.bf16
     r.write_torch(ENCODER_FILE, {"encoder": model.encoder_state_dict(),
                                  "spec_digest": spec.digest(), "spec": spec.canonical()})
     rec = reconstructions(model, val[:RECON_IMAGES], mean, std, spec.pretrain.mask_ratio,
@@ -114,16 +104,13 @@ def _outputs(r: Run, model: MaskedAutoencoder, manifest: dict, images: Rows,
     r.write_bytes("reconstructions.npz", buf.getvalue())
     b = min(spec.pretrain.batch_size, images.shape[0])
     x = normalize(images[:b], mean, std).to(dev)
-    t0, steps = time.perf_counter(), spec.pretrain.throughput_steps
-    with torch.no_grad(), autocast(dev, bf16):
-        for _ in range(steps):
-            model(x, mask_ratio=spec.pretrain.mask_ratio)
-    fwd_img_s = steps * b / (time.perf_counter() - t0)
+    speed = measure_inference(model, x, bf16=bf16, steps=spec.pretrain.throughput_steps,
+                              mask_ratio=spec.pretrain.mask_ratio)
     flops = spec_flops(spec, manifest["image_size"], manifest["channels"])
     return {
-        "run_id": spec.run_id, "task": spec.task, "display": display_name(spec.size, spec.patch),
-        "profile": spec.profile, "dataset": manifest["source"], "image_size": manifest["image_size"],
-        "size": spec.size, "patch": spec.patch, "seed": spec.seed, "variant": spec.variant,
+        **identity(r, state), "display": display_name(spec.size, spec.patch),
+        "dataset": manifest["source"], "image_size": manifest["image_size"],
+        "size": spec.size, "patch": spec.patch, "variant": spec.variant,
         "tokens": (manifest["image_size"] // spec.patch) ** 2, "target": spec.pretrain.target,
         "mask_ratio": spec.pretrain.mask_ratio,
         "params": sum(p.numel() for p in model.parameters()),
@@ -131,7 +118,5 @@ def _outputs(r: Run, model: MaskedAutoencoder, manifest: dict, images: Rows,
         "train_loss": state.history[-1]["train_loss"],
         "gflops_train": 3 * flops / 1e9, "gflops_infer": flops / 1e9,
         "train_img_per_s": state.global_step * spec.pretrain.batch_size / max(state.train_time_s, 1e-9),
-        "infer_img_per_s": fwd_img_s, "steps": state.global_step, "train_s": state.train_time_s,
-        "wall_s": state.wall_time_s, "precision": "bf16" if bf16 else "fp32", "device": dev.type,
-        "spec_digest": spec.digest(),
+        **speed, "precision": "bf16" if bf16 else "fp32",
     }

@@ -1,1 +1,0 @@
-"""Generation track: DiT on VQGAN latents, diffusion training and sampling."""

@@ -1,0 +1,37 @@
+"""Process lifetime: a child process that ends when its parent does.
+
+A base module (standard library only) so that data loaders, study workers and the CLI's
+`die_with_parent` can share it without importing the training tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def pdeathsig(signum: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG): `signum` when the parent thread ends; False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def worker_dies_with(parent: int, signum: int = signal.SIGKILL) -> None:
+    """In a worker process (image decoding, loader, study cell): `signum` as soon as `parent`,
+    the process that started it, dies. Always, nohup or not: a pool's worker has no use
+    without its parent and would otherwise sleep forever on a pipe nobody writes (its own
+    copy keeps the pipe open). SIGKILL for workers that hold nothing worth saving; a study
+    worker takes SIGTERM so its cell checkpoints first. Called first thing in the worker, so
+    a parent already gone (pid changed: reparented) ends it now."""
+    if pdeathsig(signum) and os.getppid() != parent:
+        os.kill(os.getpid(), signum)

@@ -1,0 +1,5 @@
+"""`python -m gpucheck`: see gpucheck.cli."""
+
+from gpucheck.cli import main
+
+raise SystemExit(main())
