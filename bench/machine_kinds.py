@@ -86,7 +86,7 @@ def results(repo: Path) -> dict:
             "p = load_params('params.yaml')\n"
             "fresh = collect(p, Paths(), this_machine(), TASKS)\n"
             "fresh['conclusions'] = [c.as_dict() for c in conclude(fresh['groups'], "
-            "p.verify.alpha)]\n"
+            "p.verify.alpha, TASKS)]\n"
             "print(json.dumps(fresh))\n")
     env = env_for({}, repo)
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True,

@@ -18,20 +18,23 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+def resolved(node: ast.stmt, package: str) -> set[str]:
+    """The module names an import statement of a module in `package` may load."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")
+        base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+    return {base} | {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
+
+
 def imported_modules(path: Path, name: str) -> set[str]:
     """pixbench modules imported anywhere in a file (module level and inside functions)."""
-    out: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            out.add(base)
-            out |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
+    out = set().union(*(resolved(n, package) for n in ast.walk(ast.parse(path.read_text()))))
     return {m for m in out if m.split(".")[0] == "pixbench" and module_file(m)}
 
 

@@ -14,6 +14,7 @@ from test_verify import HERE, base, project, run_verify, write_reference, write_
 
 from pixbench.config import Paths
 from pixbench.errors import UserError
+from pixbench.tasks.table import TASKS
 from pixbench.verify import reference_path
 from pixbench.verify.compare import judge
 from pixbench.verify.conclusions import check, conclude, group_gate, run_gate
@@ -21,8 +22,6 @@ from pixbench.verify.conclusions import check, conclude, group_gate, run_gate
 
 def group(task: str, values: list[float], metric: str = "top1", gate: dict | None = None) -> dict:
     """A group as verify.collect writes it (the table's shared upstream model included)."""
-    from pixbench.tasks.table import TASKS
-
     return {"task": task, "shared": TASKS[task].shared_upstream, "runs": [{"run_id": f"r{i}", "seed": i, "spec_digest": "d",
                                     "values": {metric: v}, "gate": dict(gate or {})}
                                    for i, v in enumerate(values)]}
@@ -32,7 +31,7 @@ def test_ranking_is_tested_and_a_gap_inside_seed_noise_is_a_tie():
     groups = {"classify xxs p1": group("classify", [59.9, 60.2, 60.4]),
               "classify xxs p2": group("classify", [75.0, 75.3, 75.1]),
               "classify xxs p4": group("classify", [75.2, 74.6, 75.9])}
-    by = {c.key: c for c in conclude(groups, 0.05)}
+    by = {c.key: c for c in conclude(groups, 0.05, TASKS)}
     assert set(by) == {"classify xxs p1 vs classify xxs p2 top1",
                        "classify xxs p1 vs classify xxs p4 top1",
                        "classify xxs p2 vs classify xxs p4 top1"}
@@ -42,20 +41,20 @@ def test_ranking_is_tested_and_a_gap_inside_seed_noise_is_a_tie():
     # FID: lower is better
     gen = {"dit-eval xxs p1": group("dit-eval", [86.0, 87.0, 86.4], "fid_featnet"),
            "dit-eval xxs p2": group("dit-eval", [75.5, 75.7, 75.2], "fid_featnet")}
-    (c,) = conclude(gen, 0.05)
+    (c,) = conclude(gen, 0.05, TASKS)
     assert c.verdict == "b" and c.diff > 0
 
 
 def test_one_seed_is_untested_and_a_stalled_or_chance_group_is_invalid():
     groups = {"classify xxs p1": group("classify", [60.0]),
               "classify xxs p2": group("classify", [75.0, 75.3])}
-    assert conclude(groups, 0.05)[0].verdict == "untested"
+    assert conclude(groups, 0.05, TASKS)[0].verdict == "untested"
     stuck = group("classify", [30.0, 31.0, 62.0])
     for r, esc in zip(stuck["runs"], (False, False, True)):
         r["gate"]["escaped"] = esc
     assert "2 of 3 seeds never left" in group_gate(stuck)
     (c,) = conclude({"classify xxs p1": stuck,
-                     "classify xxs p2": group("classify", [75.0, 75.3])}, 0.05)
+                     "classify xxs p2": group("classify", [75.0, 75.3])}, 0.05, TASKS)
     assert c.verdict == "invalid" and "plateau" in c.statement()
     assert run_gate({"num_classes": 5, "val_n": 1000, "top1": 21.0}, None) == {
         "above_chance": False}  # 20 % is chance; 21 % is inside 3 binomial SEs
@@ -72,8 +71,8 @@ def test_a_reversed_ranking_inside_every_band_passes_cells_and_fails_conclusions
              "instruments": None}
     cells = judge(ref, fresh, cfg, bitwise=False)
     assert all(c.ok for c in cells)  # ±25 % bands: every cell "reproduced" (the old verdict)
-    res = check([c.as_dict() for c in conclude(ref["groups"], 0.05)],
-                conclude(fresh["groups"], 0.05))
+    res = check([c.as_dict() for c in conclude(ref["groups"], 0.05, TASKS)],
+                conclude(fresh["groups"], 0.05, TASKS))
     assert len(res) == 1 and not res[0]["held"] and res[0]["why"].startswith("reversed")
 
 

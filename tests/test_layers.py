@@ -18,7 +18,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from importgraph import SRC, all_modules, imported_modules, module_file
+from importgraph import SRC, all_modules, imported_modules, module_file, resolved
 
 PACKAGE = SRC / "pixbench"
 
@@ -84,17 +84,8 @@ def _statement(text: str, start: int, end: int, parenthesised: bool) -> list[ast
 
 def pixbench_imports(path: Path, name: str) -> set[str]:
     """The pixbench modules `path` (module `name`) imports, resolved as importgraph does."""
-    out: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in import_nodes(path.read_text()):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            out |= {base} | {f"{base}.{a.name}" for a in node.names}  # `from pkg import mod`
+    out = set().union(*(resolved(n, package) for n in import_nodes(path.read_text())))
     return {m for m in out if m.split(".")[0] == "pixbench" and module_file(m)} - {name}
 
 

@@ -136,3 +136,28 @@ def test_a_non_finite_loss_names_its_step_at_the_next_sync(toy_table, monkeypatc
     with pytest.raises(UserError, match=r"non-finite loss at step 14; last good checkpoint: "
                                         r"\S+ \(step 10\), kept"):
         _run(ToySpec(seed=3))
+
+
+def test_where_collectives_sync_the_device_ranks_poll_every_sync_interval(toy_table,
+                                                                          monkeypatch):
+    """On NCCL the ranks' stop/guard/checkpoint verdict is a device sync: the runner takes it
+    every SYNC_EVERY steps (and at rows and saves), not every step; with gloo or one process
+    it is free and taken every step."""
+    from pixbench import distributed
+
+    polls = []
+    real = distributed.max_over_ranks
+    monkeypatch.setattr(distributed, "max_over_ranks", lambda v: polls.append(v) or real(v))
+    steps = 3 * trainer.SYNC_EVERY + 5
+    _run(ToySpec(seed=4, steps=steps, profile="host"))
+    every_step = len(polls)
+    assert every_step >= steps
+    polls.clear()
+    monkeypatch.setattr(distributed, "host_collectives", lambda: False)
+    _run(ToySpec(seed=4, steps=steps, profile="nccl"))
+    rows = steps // 10 + 1
+    # ticks, a guard and a save per row, and the run dir's open/claim/finish agreements
+    assert len(polls) <= steps // trainer.SYNC_EVERY + 2 * rows + 5 < every_step
+    curves = [json.loads((Paths().run_dir(p, "toy-s4") / "curve.json").read_text())
+              for p in ("host", "nccl")]
+    assert [r["train_loss"] for r in curves[0]] == [r["train_loss"] for r in curves[1]]

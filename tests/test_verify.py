@@ -63,7 +63,7 @@ def base(run, metric) -> float:
 
 
 def run_verify(params, here=HERE) -> dict:
-    return compare(params, Paths(), collect(params, Paths(), here, TASKS))
+    return compare(params, Paths(), collect(params, Paths(), here, TASKS), TASKS)
 
 
 def write_reference(params, here=HERE, **machine) -> None:

@@ -2,7 +2,7 @@
 sampling steps, the VQ tokenizer's encoder and the FID feature extractor.
 
 Registered on import (workloads.py imports this module). Each step mirrors its task's code:
-the MAE step is tasks/mae `train_one_epoch` (mask 0.75, "pix" target, AdamW with MAE's betas
+the MAE step is tasks/mae `MaeBody.step` (mask 0.75, "pix" target, AdamW with MAE's betas
 and weight decay, grad clip 1.0); the DiT train step is tasks/gen/dit.py
 `train_steps` (diffusion_loss on diffusers' DDPM schedule, AdamW, grad clip, EMA update); a DiT
 sampling step is one `forward_with_cfg` (the conditional and null-label halves as one doubled

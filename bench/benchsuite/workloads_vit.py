@@ -1,7 +1,7 @@
 """Workloads of the classification track: the ViT train step, inference forward, data loading.
 
 Registered on import (workloads.py imports this module). The train step is the project's
-(tasks/classify `train_one_epoch`): autocast, cross-entropy with label smoothing,
+(tasks/classify `ClassifyBody.step`): autocast, cross-entropy with label smoothing,
 `zero_grad(set_to_none=True)`, backward, AdamW over `param_groups` (tasks/optim.py) with the
 paper recipe's betas and weight decay, stochastic depth as in the recipe. Inputs are a fixed
 synthetic batch already on the device: data loading is a workload of its own.

@@ -126,6 +126,12 @@ def max_over_ranks(values: list[int]) -> list[int]:
     return [int(v) for v in t.tolist()]
 
 
+def host_collectives() -> bool:
+    """Whether a collective on small flags costs no device sync: one process, or gloo on CPU
+    tensors (NCCL moves CUDA tensors, and reading the result back waits for the device)."""
+    return world_size() == 1 or _comm_device().type == "cpu"
+
+
 def _comm_device() -> torch.device:
     """NCCL moves only CUDA tensors; gloo only CPU ones."""
     if dist.get_backend() == "nccl":

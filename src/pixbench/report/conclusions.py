@@ -32,7 +32,7 @@ def conclusions_section(params: Params, paths: Paths, tasks: dict) -> list[str]:
     except UserError as exc:
         return lines + [f"No conclusions: {exc}", ""]
     fams: dict[str, list] = {}
-    for c in conclude(fresh["groups"], params.verify.alpha):
+    for c in conclude(fresh["groups"], params.verify.alpha, tasks):
         fams.setdefault(c.family, []).append(c)
     for fam, cs in fams.items():
         lines += [f"**{fam}**", ""] + [f"- {c.statement()}" for c in cs] + [""]

@@ -1,1 +1,2 @@
-"""Tasks: each has train_one_epoch, evaluate and run(spec)."""
+"""Tasks: the task table (table.py), the one training loop (trainer.py) and run dir (runner.py),
+and each track's bodies (classify/, mae/, gen/)."""

@@ -31,6 +31,8 @@ class Task:
     stateless: bool = False  # no finished state: rebuilt wherever it runs (the record job)
     shared_upstream: str | None = None  # a model every seed shares (verify: one replicate)
     stages: tuple[str, ...] = ()  # the dvc.yaml stages that run it
+    ranked_by: tuple[str, bool] | None = None  # (metric, higher is better): patch sizes ranked
+    baseline: str | None = None  # the task each patch size is also compared with (ranked_by)
 
     def run(self, spec, paths, **kwargs) -> dict:
         """Run the body. A stateless task (report, verify) reads the other tasks' results, so
@@ -101,9 +103,12 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("prepare", PrepareSpec, _prepare, stages=("prepare", "prepare-gen")),
     Task("report", ReportSpec, _report, stateless=True, stages=("report",)),
     Task("verify", VerifySpec, _verify, stateless=True, stages=("verify",)),
-    Task("classify", RunSpec, _classify, ("top1",), stages=("classify", "locality")),
-    Task("mae-finetune", RunSpec, _classify, ("top1",), stages=("mae-finetune",)),
-    Task("mae-linprobe", RunSpec, _classify, ("top1",), stages=("mae-linprobe",)),
+    Task("classify", RunSpec, _classify, ("top1",), stages=("classify", "locality"),
+         ranked_by=("top1", True)),
+    Task("mae-finetune", RunSpec, _classify, ("top1",), stages=("mae-finetune",),
+         ranked_by=("top1", True), baseline="mae-scratch"),  # pre-trained vs from scratch
+    Task("mae-linprobe", RunSpec, _classify, ("top1",), stages=("mae-linprobe",),
+         ranked_by=("top1", True)),
     Task("mae-scratch", RunSpec, _classify, ("top1",), stages=("mae-scratch",)),
     Task("mae-pretrain", PretrainSpec, _mae_pretrain, ("recon_loss",),
          stages=("mae-pretrain", "mae-pretrain-alt")),
@@ -114,7 +119,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("dit", DitSpec, _dit, ("train_loss",), shared_upstream="tokenizer",
          stages=("dit-train",)),
     Task("dit-eval", DitEvalSpec, _dit_eval, ("fid_featnet",),
-         shared_upstream="tokenizer, FeatNet", stages=("dit-eval",)),
+         shared_upstream="tokenizer, FeatNet", stages=("dit-eval",),
+         ranked_by=("fid_featnet", False)),
 )}
 
 STATELESS = frozenset(t.name for t in TASKS.values() if t.stateless)

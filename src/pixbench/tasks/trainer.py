@@ -26,11 +26,8 @@ from typing import Any
 import torch
 
 from pixbench import distributed
-from pixbench.tasks.runner import Run, State
+from pixbench.tasks.runner import SYNC_EVERY, Run, State
 
-# Steps between host syncs when no row or checkpoint comes first: bounds the values kept on
-# the device and how late a non-finite loss is seen (the step it appeared is still named).
-SYNC_EVERY = 32
 
 
 @dataclasses.dataclass(frozen=True)

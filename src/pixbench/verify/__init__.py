@@ -117,7 +117,7 @@ def update_reference(params: Params, paths: Paths, fresh: dict) -> dict:
     return {"run_id": "verify", "path": str(path), "groups": len(fresh["groups"]), "runs": n}
 
 
-def compare(params: Params, paths: Paths, fresh: dict) -> dict:
+def compare(params: Params, paths: Paths, fresh: dict, tasks: dict) -> dict:
     """Judge `fresh` against the reference, its conclusions first, then its numbers; write and
     print the verdicts; the result dict."""
     ref_file = reference_path(paths, params.profile)
@@ -129,8 +129,8 @@ def compare(params: Params, paths: Paths, fresh: dict) -> dict:
         bitwise = same_kind(ref["machine"], fresh["machine"])
         cells = judge(ref, fresh, params.verify, bitwise)
         checks = check_conclusions([c.as_dict() for c in conclude(ref["groups"],
-                                                                   params.verify.alpha)],
-                                   conclude(fresh["groups"], params.verify.alpha))
+                                                                   params.verify.alpha, tasks)],
+                                   conclude(fresh["groups"], params.verify.alpha, tasks))
     except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or truncated file
         raise UserError(f"{ref_file}: malformed reference ({type(exc).__name__}: {exc}); "
                         "rewrite it with `pixbench verify --update-reference`") from None
@@ -221,4 +221,4 @@ def run(spec, paths: Paths, *, tasks: dict, stale: str = "error", device: str = 
         return update_reference(params, paths, fresh)
     if params.verify is None:
         raise UserError(f"{spec.params_file}: no `verify` section: no tolerance to judge by")
-    return compare(params, paths, fresh)
+    return compare(params, paths, fresh, tasks)

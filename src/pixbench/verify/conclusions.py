@@ -25,12 +25,10 @@ from dataclasses import asdict, dataclass
 
 from pixbench.eval.stats import welch
 
-# (task, metric, higher is better, unit): the numbers a ranking is made of. Reconstruction
-# losses of MAE are left out: at each patch size the target differs, so they do not rank.
-RANKED = (("classify", "top1", True, "pt"), ("mae-finetune", "top1", True, "pt"),
-          ("mae-linprobe", "top1", True, "pt"), ("dit-eval", "fid_featnet", False, ""))
-# (task A, task B, metric): the same patch size under two treatments (pre-trained vs scratch).
-PAIRED = (("mae-finetune", "mae-scratch", "top1"),)
+# What a ranking is made of is the task table's (tasks/table.py `ranked_by`: metric, higher is
+# better; `baseline`: the task the same patch size is paired against, e.g. pre-trained vs
+# scratch), handed to `conclude` as `tasks`. Reconstruction losses of MAE are left out: at each
+# patch size the target differs, so they do not rank.
 CHANCE_SE = 3.0  # "clearly above chance": more than 3 binomial standard errors over 1/classes
 
 
@@ -139,21 +137,25 @@ def _holm(cs: list[Conclusion], alpha: float) -> list[Conclusion]:
     return [out.get(c.key, c) for c in cs]
 
 
-def families(groups: dict) -> dict[str, list[tuple[str, str, str, bool]]]:
+def families(groups: dict, tasks: dict) -> dict[str, list[tuple[str, str, str, bool]]]:
     """{family: [(group a, group b, metric, higher better)]} from the collected groups:
     every pair of patch sizes of a ranked task and size (no variant), and every paired one."""
+    ranked = [(n, *t.ranked_by) for n, t in tasks.items() if t.ranked_by]
     fams: dict[str, list] = {}
     by: dict[tuple, dict[int, str]] = {}
     for name, e in groups.items():
         parts = name.split()
         if len(parts) == 3 and parts[2].startswith("p"):
             by.setdefault((e["task"], parts[1]), {})[int(parts[2][1:])] = name
-    for task, metric, hb, _ in RANKED:
+    for task, metric, hb in ranked:
         for (t, size), cells in sorted(by.items()):
             if t == task and len(cells) > 1:
                 pairs = itertools.combinations(sorted(cells), 2)
                 fams[f"{task} {size}"] = [(cells[p], cells[q], metric, hb) for p, q in pairs]
-    for ta, tb, metric in PAIRED:
+    for ta, metric, _ in ranked:
+        tb = tasks[ta].baseline
+        if tb is None:
+            continue
         for (t, size), cells in sorted(by.items()):
             other = by.get((tb, size), {})
             if t == ta and other:
@@ -162,10 +164,11 @@ def families(groups: dict) -> dict[str, list[tuple[str, str, str, bool]]]:
     return fams
 
 
-def conclude(groups: dict, alpha: float) -> list[Conclusion]:
-    """Every conclusion of the collected groups (verify's collect format), Holm per family."""
+def conclude(groups: dict, alpha: float, tasks: dict) -> list[Conclusion]:
+    """Every conclusion of the collected groups (verify's collect format), Holm per family;
+    `tasks`: the task table (what ranks each task)."""
     out = []
-    for fam, pairs in families(groups).items():
+    for fam, pairs in families(groups, tasks).items():
         out += _holm([_compare(fam, a, b, groups, m, hb) for a, b, m, hb in pairs], alpha)
     return out
 
