@@ -15,9 +15,12 @@ $(BIN)/python:
 # uv (Astral's installer: parallel downloads and unpacking) installs the project in ~30 s where
 # pip takes ~170 s (2-core VM, reports/bench/pipeline-speed.md). uv reads no pip.conf: where
 # it cannot reach the packages (a private mirror set up for pip only), pip installs them.
+# --compile-bytecode (pip does it by default, uv does not): without .pyc files every process
+# compiles what it imports, ~4 s of CPU for torch + timm, each time where PYTHONDONTWRITEBYTECODE
+# is set (CI images, sandboxes); the tests start ~50 such processes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]' \
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[dev]' \
 	  || $(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 

@@ -9,15 +9,26 @@ tools/ on its path, pyproject's `pythonpath`).
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# Read when torch and numpy load their thread pools, so before `import torch`; subprocesses
+# inherit them. Idle OpenMP threads sleep instead of spinning (numerics unchanged: same
+# threads, same split); numpy's OpenBLAS (the 2048-d FID eigenvalues) uses one thread. On a
+# busy 2-core machine spinning threads tripled the suite's CPU time.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 import yaml
 
 from gpucheck.data import make_cache, synthetic_split  # noqa: F401 - tests import it here
 
-torch.set_num_threads(2)
+# One thread: the tests' models are tiny (a second thread costs more CPU than it saves, and
+# the CLI subprocesses they are compared with run OMP_NUM_THREADS=1); tests that need two
+# (test_loader's thread split) set them themselves.
+torch.set_num_threads(1)
 
 TINY_DATA = {"source": "fashion_mnist", "image_size": 8, "root": None, "allow_download": False,
              "skip_corrupt": False, "channels": "auto", "fast_decode": None}

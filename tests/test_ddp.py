@@ -5,14 +5,17 @@ moves them by ~1e-2) and the step counts exactly."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import TINY_PARAMS, make_tiny_cache, write_params
 
 from pixbench.config import Paths, load_params, make_classify_spec, make_pretrain_spec
 from pixbench.runio import CKPT_NAME
@@ -60,7 +63,8 @@ def run_task(task: str, spec, loader_workers: int | None = None) -> dict:
                                                          loader_workers=loader_workers)
 
 
-def _worker(rank: int, world: int, port: int, task: str, params_path: str, env: dict) -> None:
+def _worker(rank: int, world: int, port: int, tasks: tuple[str, ...], params_path: str,
+            env: dict) -> None:
     os.environ.update(env)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -70,21 +74,41 @@ def _worker(rank: int, world: int, port: int, task: str, params_path: str, env: 
             forbid_writes_off_rank0()
         # each rank's shard comes from a loader worker process; the one process makes its
         # batches itself: neither the rank count nor the worker count changes a batch
-        run_task(task, make_spec(task, params_path), loader_workers=1)
+        for task in tasks:
+            run_task(task, make_spec(task, params_path), loader_workers=1)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("task", ["classify", "mae-pretrain"])
-def test_two_gloo_ranks_match_one_process(task, tiny_project, tmp_path):
-    _without_drop_path(tiny_project)
-    env = {k: v for k, v in os.environ.items() if k.startswith("PIXBENCH_")}
-    env["PIXBENCH_RUNS_DIR"] = str(tmp_path / "runs-ddp")
-    mp.spawn(_worker, args=(2, free_port(), task, str(tiny_project), env), nprocs=2, join=True)
+TASKS = ("classify", "mae-pretrain")
 
-    spec = make_spec(task, tiny_project)
-    single = run_task(task, spec)
-    ddp_dir = tmp_path / "runs-ddp" / "tiny" / spec.run_id
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Both tasks trained by ONE spawn of 2 gloo ranks (each rank runs classify, then
+    mae-pretrain: starting the ranks is most of the cost, so the two tests share them).
+    Returns (params path, the ranks' project dir): data/ (read-only) and runs-ddp/."""
+    root = tmp_path_factory.mktemp("ddp")
+    make_tiny_cache(root / "data" / "tiny")  # what conftest's tiny_project makes
+    params_path = write_params(root / "params.yaml", copy.deepcopy(TINY_PARAMS))
+    _without_drop_path(params_path)
+    env = {"PIXBENCH_CACHE_DIR": str(root / "data"), "PIXBENCH_RUNS_DIR": str(root / "runs-ddp"),
+           "PIXBENCH_REPORTS_DIR": str(root / "reports")}
+    with pytest.MonkeyPatch.context() as m:  # the ranks start where conftest's workdir puts a test
+        m.delenv("PIXBENCH_DATA_ROOT", raising=False)
+        m.chdir(root)
+        mp.spawn(_worker, args=(2, free_port(), TASKS, str(params_path), env), nprocs=2,
+                 join=True)
+    return params_path, root
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_two_gloo_ranks_match_one_process(task, ddp_runs, workdir, monkeypatch):
+    params_path, shared = ddp_runs
+    monkeypatch.setenv("PIXBENCH_CACHE_DIR", str(shared / "data"))  # the cache the ranks read
+    spec = make_spec(task, params_path)
+    single = run_task(task, spec)  # into this test's own runs/
+    ddp_dir = shared / "runs-ddp" / "tiny" / spec.run_id
     ddp = json.loads((ddp_dir / "metrics.json").read_text())
     manifest = json.loads((ddp_dir / "manifest.json").read_text())
     assert manifest["world_size"] == 2

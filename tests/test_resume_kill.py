@@ -41,13 +41,14 @@ def test_sigkill_then_same_command_resumes_bitwise(tiny_project, tmp_path, monke
     resumed = torch.load(ckpt, weights_only=True)["modules"]["model"]
 
     monkeypatch.setenv("PIXBENCH_RUNS_DIR", str(tmp_path / "unbroken"))
+    threads = torch.get_num_threads()  # conftest's setting, restored after
     try:
         torch.set_num_threads(1)
         spec = make_classify_spec(load_params(tiny_project), size=None, patch=1, seed=2)
         classify.run(spec, Paths(), progress=False)
         ref = torch.load(Paths().run_dir("tiny", spec.run_id) / CKPT_NAME, weights_only=True)["modules"]["model"]
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     for k in ref:
         assert torch.equal(ref[k], resumed[k]), k
     # curve rows and dvclive steps logged after the killed checkpoint are not duplicated

@@ -5,6 +5,7 @@ cell stops only its descendants; a cell's weights do not depend on the worker th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,15 +56,27 @@ def test_costs_are_the_last_recorded_wall_times(tmp_path):
 
 
 def _assert_same_as_run_alone(repo: Path, tmp_path: Path, *, patch: int) -> None:
-    """The study's classification cell (seed 0) has the weights of the same cell run alone by
-    `pixbench classify run` with one thread."""
-    alone = _pixbench(repo, "classify", "run", "--size", "xxs", "--patch", str(patch), "--seed",
-                      "0", OMP_NUM_THREADS="1", PIXBENCH_RUNS_DIR=str(tmp_path / "alone"),
-                      PIXBENCH_REPORTS_DIR=str(tmp_path / "alone-reports"))
-    assert alone.returncode == 0, alone.stderr[-3000:]
+    """The study's classification cell (seed 0) has the weights of the same cell run alone with
+    one thread: classify's run(spec, paths), the entry point `pixbench classify run --size xxs
+    --patch P --seed 0` calls, here in the test's process (one intra-op thread, the reduction
+    order of OMP_NUM_THREADS=1; a CLI process would only add ~6 s of imports)."""
+    from pixbench.config import Paths, load_params, make_classify_spec
+    from pixbench.tasks.classify import run as classify
+
+    spec = make_classify_spec(load_params(repo / "params.yaml"), size="xxs", patch=patch, seed=0)
+    paths = Paths(cache_dir=repo / "data", runs_dir=tmp_path / "alone",
+                  reports_dir=tmp_path / "alone-reports", logs_dir=tmp_path / "alone-logs",
+                  instruments_dir=repo / "instruments", data_root=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        classify.run(spec, paths, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     ours, theirs = (torch.load(root / "tiny" / f"classify-xxs-p{patch}-s0" / "ckpt" / "last.pt",
                                weights_only=True)["modules"]["model"]
                     for root in (repo / "runs", tmp_path / "alone"))
+    assert spec.run_id == f"classify-xxs-p{patch}-s0"
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
@@ -71,20 +84,54 @@ def _lines(out: str) -> list[str]:
     return [line.strip() for line in out.splitlines()]
 
 
-def test_study_runs_here_in_dag_order_and_is_recorded(tmp_path):
+def _study_logs(repo: Path) -> set[Path]:
+    """Each `study run`'s log folder."""
+    return set((repo / "logs" / "studies").iterdir())
+
+
+def test_a_failed_cell_stops_only_its_descendants_then_a_rerun_finishes_in_dag_order_and_records(
+        tmp_path):
+    """One repo for what were two tests building the same one (test_study_runs_here_in_dag_order_
+    and_is_recorded, test_a_failed_cell_stops_only_its_descendants; each prepared the data and
+    ran the p4 chain): a study run with a broken mae-pretrain@2 checkpoint fails that cell and its
+    linear probe only; once the broken run dir is gone, a second run does just those two, in DAG
+    order, and records everything; the classify cell has the weights of the cell run alone; a
+    third run finds nothing to do."""
     repo = make_study_repo(tmp_path / "repo", study_params(patches=(4,), mae_patches=(2, 4)))
-    out = _pixbench(repo, "study", "run", "classify", "mae-linprobe", "--jobs", "2",
-                    "--threads", "1")
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    bad = plant_bad_checkpoint(repo, "pixbench mae pretrain --size xxs --patch 2 --seed 0 "
+                                     "--stale restart")
+    targets = ("study", "run", "classify", "mae-linprobe", "--jobs", "2", "--threads", "1")
+    out = _pixbench(repo, *targets)
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
     lines = _lines(out.stderr)
     assert "2 at a time, 1 thread(s) each" in out.stderr
-    for p in (2, 4):  # a linear probe starts only after its pre-training has finished
-        done = next(i for i, s in enumerate(lines) if s.startswith(f"done   mae-pretrain@xxs-{p}-0"))
-        assert lines.index(f"start  mae-linprobe@xxs-{p}-0") > done
-    logs = {p.name for p in next((repo / "logs" / "studies").iterdir()).iterdir()}
-    assert logs == {"classify-xxs-p4-s0.log", "mae-pretrain-xxs-p2-s0.log",
-                    "mae-pretrain-xxs-p4-s0.log", "mae-linprobe-xxs-p2-s0.log",
-                    "mae-linprobe-xxs-p4-s0.log"}  # prepare went through dvc repro first
+    (first,) = _study_logs(repo)
+    log = first / f"{bad}.log"
+    assert any(s.startswith("FAILED mae-pretrain@xxs-2-0") and str(log) in s for s in lines)
+    assert "unreadable checkpoint" in log.read_text()
+    for cell in ("classify@xxs-4-0", "mae-pretrain@xxs-4-0", "mae-linprobe@xxs-4-0"):
+        assert any(s.startswith(f"done   {cell}") for s in lines), (cell, lines)
+    assert "start  mae-linprobe@xxs-2-0" not in lines
+    assert lines[-1].startswith("error: 2 cells failed or wait for a failed one "
+                                "(mae-linprobe@xxs-2-0, mae-pretrain@xxs-2-0)"), lines[-1]
+    assert "classify" not in (repo / "dvc.lock").read_text()  # nothing recorded but prepare
+    # a linear probe starts only after its pre-training has finished (p4 here, p2 below)
+    done = next(i for i, s in enumerate(lines) if s.startswith("done   mae-pretrain@xxs-4-0"))
+    assert lines.index("start  mae-linprobe@xxs-4-0") > done
+    assert {p.name for p in first.iterdir()} == {
+        "classify-xxs-p4-s0.log", "mae-pretrain-xxs-p2-s0.log", "mae-pretrain-xxs-p4-s0.log",
+        "mae-linprobe-xxs-p4-s0.log"}  # prepare went through dvc repro first
+
+    shutil.rmtree(repo / "runs" / "tiny" / bad)  # the broken checkpoint gone: the cell pends
+    out = _pixbench(repo, *targets)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    lines = _lines(out.stderr)
+    assert "6 cells, 4 finished already; 2 at a time, 1 thread(s) each" in out.stderr
+    done = next(i for i, s in enumerate(lines) if s.startswith("done   mae-pretrain@xxs-2-0"))
+    assert lines.index("start  mae-linprobe@xxs-2-0") > done
+    (second,) = _study_logs(repo) - {first}
+    assert {p.name for p in second.iterdir()} == {"mae-pretrain-xxs-p2-s0.log",
+                                                  "mae-linprobe-xxs-p2-s0.log"}
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "classify", "mae-linprobe"],
                             cwd=repo, env=_env(), capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout + status.stderr
@@ -95,31 +142,15 @@ def test_study_runs_here_in_dag_order_and_is_recorded(tmp_path):
     assert "start " not in again.stderr and "Running stage" not in again.stdout
 
 
-def test_a_failed_cell_stops_only_its_descendants(tmp_path):
-    repo = make_study_repo(tmp_path / "repo", study_params(patches=(4,), mae_patches=(2, 4)))
-    bad = plant_bad_checkpoint(repo, "pixbench mae pretrain --size xxs --patch 2 --seed 0 "
-                                     "--stale restart")
-    out = _pixbench(repo, "study", "run", "classify", "mae-linprobe", "--jobs", "2")
-    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
-    lines = _lines(out.stderr)
-    log = next((repo / "logs" / "studies").iterdir()) / f"{bad}.log"
-    assert any(s.startswith("FAILED mae-pretrain@xxs-2-0") and str(log) in s for s in lines)
-    assert "unreadable checkpoint" in log.read_text()
-    for cell in ("classify@xxs-4-0", "mae-pretrain@xxs-4-0", "mae-linprobe@xxs-4-0"):
-        assert any(s.startswith(f"done   {cell}") for s in lines), (cell, lines)
-    assert "start  mae-linprobe@xxs-2-0" not in lines
-    assert lines[-1].startswith("error: 2 cells failed or wait for a failed one "
-                                "(mae-linprobe@xxs-2-0, mae-pretrain@xxs-2-0)"), lines[-1]
-    assert "classify" not in (repo / "dvc.lock").read_text()  # nothing recorded but prepare
-
-
 def test_sigterm_checkpoints_the_running_cells_and_a_rerun_ends_bitwise_equal(tmp_path):
     """A preempted `study run` (SIGTERM): its running cell checkpoints and the command exits
     143; run again, the cell resumes and ends with the weights of an uninterrupted run."""
     import signal
     import time
 
-    params = study_params(patches=(2,), classify={"epochs": 40, "checkpoint_every_s": 0.2})
+    # 16 epochs (128 steps; the SIGTERM lands by step ~3): long enough to stop mid-run, and the
+    # rerun and the run alone train no more than that (40 epochs cost ~6 s more of CPU)
+    params = study_params(patches=(2,), classify={"epochs": 16, "checkpoint_every_s": 0.2})
     repo = make_study_repo(tmp_path / "repo", params)
     args = [sys.executable, "-m", "pixbench.cli", "study", "run", "classify", "--threads", "1"]
     proc = subprocess.Popen(args, cwd=repo, env=_env(), stdout=subprocess.PIPE,
@@ -137,7 +168,7 @@ def test_sigterm_checkpoints_the_running_cells_and_a_rerun_ends_bitwise_equal(tm
     (log,) = (repo / "logs" / "studies").glob("*/classify-xxs-p2-s0.log")
     assert "checkpointed at step" in log.read_text(), log.read_text()[-2000:]
     step = torch.load(run_dir / "ckpt" / "last.pt", weights_only=True)["state"]["global_step"]
-    assert 0 < step < 40 * 8
+    assert 0 < step < 16 * 8
     again = subprocess.run(args, cwd=repo, env=_env(), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
