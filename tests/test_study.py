@@ -214,3 +214,19 @@ def test_a_cell_queued_by_an_earlier_study_is_not_submitted_again(workdir, monke
     assert study_state.study_folder(Paths(), None) == folder  # the latest
     with pytest.raises(UserError, match="study id"):
         study_state.study_folder(Paths(), "../x")
+
+
+def test_a_failed_jobs_long_traceback_keeps_its_error_line(tmp_path):
+    """The summary shows the end of a deep remote traceback, where the one-line error is."""
+    from pixbench.study.view import remote_traceback
+
+    log = tmp_path / "job.err"
+    frames = [f'  File "x.py", line {i}, in f{i}\n    f{i + 1}()' for i in range(60)]
+    log.write_text("noise\nTraceback (most recent call last):\n" + "\n".join(frames)
+                   + "\npixbench.errors.UserError: ckpt/last.pt: unreadable checkpoint\n")
+    shown = remote_traceback(str(log)).splitlines()
+    assert shown[0].startswith("Traceback") and "lines of the stack left out" in shown[1]
+    assert shown[-1].endswith("unreadable checkpoint") and len(shown) <= 40
+    short = tmp_path / "short.err"
+    short.write_text("Traceback (most recent call last):\n  File \"y.py\"\nValueError: bad\n")
+    assert remote_traceback(str(short)).splitlines()[-1] == "ValueError: bad"

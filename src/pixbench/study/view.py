@@ -61,13 +61,19 @@ def watch(state: dict, poll_s: float = 3.0) -> list[dict]:
 
 
 def remote_traceback(log: str | None, max_lines: int = 40) -> str:
-    """The last traceback in a job's log (submitit prints the task's), else the log's tail."""
+    """The last traceback in a job's log (submitit prints the task's), else the log's tail. A
+    long one keeps its end, where the error is, and says what it left out."""
     if not log or not Path(log).is_file():
         return f"(no log at {log})"
     text = Path(log).read_text(errors="replace")
     at = text.rfind("Traceback (most recent call last)")
     lines = (text[at:] if at >= 0 else text).rstrip().splitlines()
-    return "\n".join(lines[:max_lines] if at >= 0 else lines[-15:])
+    if at < 0:
+        return "\n".join(lines[-15:])
+    if len(lines) > max_lines:
+        cut = len(lines) - max_lines + 2
+        lines = [lines[0], f"  ... ({cut} lines of the stack left out)", *lines[cut + 1:]]
+    return "\n".join(lines)
 
 
 def summary(state: dict, rows: list[dict]) -> list[str]:
