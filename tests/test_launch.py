@@ -63,3 +63,38 @@ def test_local_sweep_skips_finished_cells(tiny_project, monkeypatch):
     monkeypatch.setattr(Task, "run", lambda *a, **k: pytest.fail("re-ran a finished cell"))
     rows = launch.sweep(specs, Paths(), launcher="local", cluster=None)
     assert sorted(r["run_id"] for r in rows) == ["classify-xxs-p4-s0", "classify-xxs-p8-s0"]
+
+
+def test_the_merge_job_depends_on_the_shards_and_dies_with_them(monkeypatch, tmp_path):
+    """Without a cluster: the merge job's executor is made with the shard jobs as its
+    dependency, which `make_executor` turns into afterok + kill-on-invalid-dep."""
+    from pixbench import cluster
+    from pixbench.data import shards, stream
+
+    made = []
+
+    class Job:
+        def __init__(self, i):
+            self.job_id = str(i)
+
+    class Executor:
+        def __init__(self, name, dependency):
+            made.append((name, dependency))
+
+        def batch(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def submit(self, job):
+            return Job(len(made) * 10 + id(job) % 7)
+
+    monkeypatch.setattr(cluster, "load_cluster", lambda name: object())
+    monkeypatch.setattr(cluster, "make_executor",
+                        lambda profile, folder, name, task=None, dependency=None:
+                        Executor(name, dependency))
+    monkeypatch.setattr(shards, "pending_shards", lambda work, n: [0, 1])
+    monkeypatch.setattr(stream, "read_plan", lambda work: {"out_dir": str(tmp_path)})
+    got = shards.submit(tmp_path, "prep", shards=2, workers=1, cluster="x", logs=tmp_path,
+                        wait=False)
+    assert made[0] == ("prep-shards", None)
+    assert made[1] == ("prep-merge", got["shard_jobs"]) and len(got["shard_jobs"]) == 2

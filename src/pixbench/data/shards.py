@@ -103,14 +103,10 @@ def submit(work: Path, run_id: str, *, shards: int, workers: int | None, cluster
         executor = make_executor(profile, folder, f"{run_id}-shards")
         with executor.batch():
             jobs = [executor.submit(ShardJob(str(work), k, shards, workers)) for k in todo]
-    executor = make_executor(profile, folder, f"{run_id}-merge")
-    if jobs:
-        # cluster.py wish: make_executor(..., extra={"dependency": ...}); until then the
-        # profile's own extra parameters are restated here
-        extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos),
-                                   ("constraint", profile.constraint)) if v}
-        extra["dependency"] = "afterok:" + ":".join(j.job_id for j in jobs)
-        executor.update_parameters(slurm_additional_parameters=extra)
+    # after every shard ended OK; a failed or cancelled shard cancels it (--kill-on-invalid-dep)
+    # instead of leaving it PENDING (DependencyNeverSatisfied) forever
+    executor = make_executor(profile, folder, f"{run_id}-merge",
+                             dependency=[j.job_id for j in jobs] or None)
     merge_job = executor.submit(MergeJob(str(work), stream.read_plan(work)["out_dir"], run_id))
     ids = {"shard_jobs": [j.job_id for j in jobs], "job_id": merge_job.job_id}
     if not wait:
