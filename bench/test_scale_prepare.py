@@ -1,6 +1,11 @@
-"""Scale rehearsal of `pixbench data prepare` (issue 15): memory vs N, CPU per image, fast
-decode's pixel difference, the plan state's bytes per image at ImageNet-1k's N, extrapolation to
-ImageNet-1k.
+"""Scale rehearsal of `pixbench data prepare` (issues 15, 26): memory vs N, CPU per image, fast
+decode's pixel difference, the plan state's bytes per image at ImageNet-1k's N, the per-worker
+peak extrapolated per core count, extrapolation to ImageNet-1k; optionally the same for the
+code before a change, from another checkout's src/:
+
+    git archive <commit> src | tar -x -C /tmp/before
+    PIXBENCH_BENCH_BEFORE_SRC=/tmp/before/src PIXBENCH_BENCH_BEFORE_LABEL="<commit>" \
+        nice -n 10 pytest bench/test_scale_prepare.py -m slow
 
     nice -n 10 pytest bench/test_scale_prepare.py -m slow     # ~10-15 min on 2 cores
     pytest bench/test_scale_prepare.py                         # the seconds smoke variant
@@ -14,19 +19,22 @@ and caches go to a temp dir (about 3 GB at the largest 256px cache).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from benchsuite import plan_state, rehearsal, rehearsal_report
 
-MAIN_SRC = Path("/work/main/src")  # today's prepare, measured on the same trees when present
+BEFORE_SRC = os.environ.get("PIXBENCH_BENCH_BEFORE_SRC")  # the code before a change, if given
 
 
 @pytest.mark.slow
 def test_scale_rehearsal_writes_the_report(tmp_path_factory, request):
     work = tmp_path_factory.mktemp("scale")
-    doc = rehearsal.run_rehearsal(work, main_src=MAIN_SRC if MAIN_SRC.is_dir() else None)
+    doc = rehearsal.run_rehearsal(
+        work, before_src=Path(BEFORE_SRC) if BEFORE_SRC else None,
+        before_label=os.environ.get("PIXBENCH_BENCH_BEFORE_LABEL", "before"))
     out = Path(request.config.rootpath) / request.config.getoption("--bench-out")
     md = rehearsal_report.write(doc, out)
     targets = json.loads(md.with_suffix(".json").read_text())["derived"]["targets"]
@@ -51,8 +59,8 @@ def test_plan_state_updates_the_report(tmp_path, request):
 def test_scale_rehearsal_smoke(tmp_path):
     """A tiny tree through the same code: every figure present and sane."""
     doc = rehearsal.run_rehearsal(tmp_path, sizes28=(20, 40), sizes256=(20, 40), n_val=8,
-                                  classes=4, fast_gaps=(1.0,), workers=1,
-                                  state_ns=[(20, 8), (40000, 4000)])
+                                  classes=4, fast_gaps=(1.0,), workers=2,
+                                  state_ns=[(2000, 1000), (60000, 20000)], file_ns=[(200, 100)])
     md = rehearsal_report.write(doc, tmp_path / "out")
     derived = json.loads(md.with_suffix(".json").read_text())["derived"]
     assert {"28px", "256px"} <= set(derived["growth"]) and derived["targets"]
@@ -60,5 +68,12 @@ def test_scale_rehearsal_smoke(tmp_path):
                for r in doc["rows"])
     assert 0 < doc["fast_decode_diff_28px"]["1.0"]["mean"] < 20
     assert "Extrapolation to ImageNet-1k" in md.read_text()
-    # file names and labels: hundreds of bytes per image (44k entries: ~14 MB, above RSS noise)
-    assert all(50 < b < 5000 for b in doc["plan_state"]["bytes_per_image"].values())
+    # since issue 26 the plan streams into files: what is left per image is the labels
+    # finish loads (8 bytes) and a few MB of allocator noise (36 B/img at these N, 4 at
+    # ImageNet-1k's); before: file names, 430 B/img at these N
+    assert all(b < 100 for b in doc["plan_state"]["bytes_per_image"].values())
+    nodes = derived["per_core"]
+    assert {n["size"] for n in nodes} == {28, 256} and all(
+        n["worker_peak_mib"] > 0 and n["node_peak_gib"]["128"] > n["node_peak_gib"]["32"]
+        for n in nodes)
+    assert "extrapolated" in md.read_text().lower()

@@ -65,6 +65,10 @@ def make_study_repo(path: Path, params: dict) -> Path:
     (path / "instruments").mkdir()
     (path / "instruments" / "README.md").write_text("No instruments for `tiny`.\n")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from pixbench.config import load_params
+    from pixbench.config.cells import write_cells
+
+    write_cells(load_params(path / "params.yaml"), path)  # what `pixbench study cells` writes
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q", "-f"], cwd=path,
                    check=True)
     with open(path / ".dvc" / "config", "a") as f:  # `dvc init --no-scm` wrote no_scm = True

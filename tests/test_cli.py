@@ -105,7 +105,7 @@ def test_every_command_is_registered():
         "classify run", "data prepare", "data verify", "dit eval", "dit sample", "dit train",
         "featnet train", "instruments freeze", "mae finetune", "mae linprobe", "mae pretrain", "mae scratch", "params show",
             "report",
-        "study cancel", "study run", "study status", "study submit", "sweep", "verify", "vq encode", "vq eval",
+        "study cancel", "study cells", "study run", "study status", "study submit", "sweep", "verify", "vq encode", "vq eval",
         "vq train"])
 
 
@@ -129,7 +129,7 @@ def test_dash_h_is_help(words, monkeypatch, capsys):
 
 # study: its params are dvc.yaml's (params.yaml's `profile`). The benchmark suite is no
 # command of the library: `make bench` (tests/test_tooling.py)
-NO_PROFILE = {"study cancel", "study run", "study status", "study submit"}
+NO_PROFILE = {"study cancel", "study cells", "study run", "study status", "study submit"}
 
 
 def test_profile_flag_is_the_params_profile_everywhere():

@@ -57,7 +57,7 @@ def test_one_seed_is_untested_and_a_stalled_or_chance_group_is_invalid():
                      "classify xxs p2": group("classify", [75.0, 75.3])}, 0.05, TASKS)
     assert c.verdict == "invalid" and "plateau" in c.statement()
     assert run_gate({"num_classes": 5, "val_n": 1000, "top1": 21.0}, None) == {
-        "above_chance": False}  # 20 % is chance; 21 % is inside 3 binomial SEs
+        "chance": 20.0, "above_chance": False, "far_above_chance": False}  # inside 3 SEs
     assert run_gate({"num_classes": 10, "val_n": 10000, "top1": 60.0}, None)["above_chance"]
 
 
@@ -166,3 +166,42 @@ def test_a_retrained_instrument_is_judged_by_its_sanity_band():
     _, pinned = judge_group("vq-eval", ev(5.85), ev(13.56), False, cfg, pinned=True,
                             sanity=band)
     assert pinned.mode == "single-seed" and not pinned.ok
+
+
+def curve(losses: list[float], every: int = 100) -> list[dict]:
+    """A classification curve whose windows have these mean losses (one epoch: the running
+    mean of the epoch so far, as the task writes it)."""
+    rows, total = [], 0.0
+    for i, loss in enumerate(losses, start=1):
+        total += loss * every
+        rows.append({"step": every * i, "epoch": round(i / (len(losses) + 0.5), 4),
+                     "train_loss": total / (every * i)})
+    return rows
+
+
+def test_a_short_curve_is_no_verdict_and_fails_the_gate_unless_far_above_chance():
+    short = curve([2.05, 2.0, 1.98])  # 3 points: the old rule read "never"
+    plateaued = run_gate({"num_classes": 10, "val_n": 1000, "top1": 24.85}, short)
+    assert plateaued["plateau"] == "short" and plateaued["curve_points"] == 3
+    assert "escaped" not in plateaued and plateaued["above_chance"]  # 24.85 % is above 10 %
+    learned = run_gate({"num_classes": 10, "val_n": 1000, "top1": 61.0}, short)
+    assert learned["far_above_chance"] and learned["plateau"] == "short"
+    why = group_gate({"runs": [{"gate": plateaued}, {"gate": plateaued}]})
+    assert "2 of 2 seeds' learning curves too short for a plateau verdict (3, 3 points" in why
+    assert group_gate({"runs": [{"gate": learned}, {"gate": learned}]}) == ""
+    # a single window is the run's mean loss, not a curve (MAE's one row per epoch): top-1 only
+    assert "plateau" not in run_gate({"num_classes": 10, "val_n": 1000, "top1": 24.85},
+                                     curve([2.0]))
+
+
+def test_a_run_far_above_chance_is_never_reported_as_never_escaped():
+    """The consistency check: the loss fell inside the early window and stayed (no escape by
+    the rule, enough points), but top-1 is far above chance: it learned."""
+    early = curve([2.3, 0.9, 0.88, 0.87, 0.86, 0.86, 0.85, 0.85])
+    far = run_gate({"num_classes": 10, "val_n": 1000, "top1": 85.0}, early)
+    assert far["plateau"] == "learned" and "escaped" not in far
+    near = run_gate({"num_classes": 10, "val_n": 1000, "top1": 30.0}, early)
+    assert near["plateau"] == "never" and near["escaped"] is False
+    assert group_gate({"runs": [{"gate": far}] * 2}) == ""
+    assert "2 of 2 seeds never left their loss plateau" in group_gate(
+        {"runs": [{"gate": near}] * 2})

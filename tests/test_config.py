@@ -27,14 +27,23 @@ def test_repo_params_validate_and_profiles_are_paper_ready():
 
 def test_no_hyper_parameter_has_a_hidden_default():
     """A default the params file cannot show is a hidden hyper-parameter (and DVC cannot track
-    it): every field of a profile is required, except the optional gen track itself."""
+    it): every field of a profile is required (an optional track is null when it is off),
+    except a field added later whose null leaves old specs' digests as they were
+    (schema.omit_when_null): the repo's params.yaml states each of those."""
+    from pixbench.config.schema import omitted_when_null
+
+    stated = (REPO / "params.yaml").read_text()
+
     def walk(model, where):
         for name, field in model.model_fields.items():
             key = f"{where}.{name}"
-            if key != "profile.gen":
-                assert field.is_required(), f"{key} has a default"
+            if omitted_when_null(field):
+                assert f"{name}:" in stated, f"{key}: params.yaml does not state it"
+                continue
+            assert field.is_required(), f"{key} has a default"
             for ann in (field.annotation, *getattr(field.annotation, "__args__", ())):
-                if isinstance(ann, type) and issubclass(ann, Params.__mro__[1]):
+                if isinstance(ann, type) and issubclass(ann, Params.__mro__[1]) and \
+                        key != "profile.locality.variants":  # a variant states what it replaces
                     walk(ann, key)
     walk(Profile, "profile")
 
@@ -96,3 +105,81 @@ def test_locality_variant_overrides_only_its_fields(tmp_path, tiny_params):
     tiny_params["locality"]["run"] = ["ghost"]
     with pytest.raises(UserError, match=r"locality.run \['ghost'\] are not in locality.variants"):
         load_params(write_params(tmp_path / "q.yaml", tiny_params))
+
+
+def _keys(node) -> set:
+    """Every key of a JSON tree, at any depth."""
+    if isinstance(node, dict):
+        return set(node) | {k for v in node.values() for k in _keys(v)}
+    if isinstance(node, list):
+        return {k for v in node for k in _keys(v)}
+    return set()
+
+
+def test_a_null_min_steps_keeps_every_pinned_digest_and_a_set_one_changes_it():
+    """classify.min_steps came after the default profile's runs: left null it is not in any
+    canonical JSON or dump (tests/params_digests.json's spec pins hold), set it is."""
+    import json
+
+    import pixbench.config as config
+
+    params = load_params(REPO / "params.yaml")
+    pins = json.loads((REPO / "tests" / "params_digests.json").read_text())["pins"]
+    specs = [(pin, getattr(config, pin["call"])(params, **pin["kwargs"]))
+             for pin in pins if pin["call"] != "profile"]
+    assert len(specs) > 50
+    assert [pin["digest"] for pin, _ in specs] == [spec.digest() for _, spec in specs]
+    assert all("min_steps" not in _keys(spec.canonical()) for _, spec in specs)
+    for name, prof in params.profiles.items():  # the profile pins hash model_dump_json
+        assert "min_steps" not in _keys(json.loads(prof.model_dump_json())), name
+    for _, spec in specs:
+        if hasattr(spec, "classify"):
+            grown = spec.model_copy(update={"classify": spec.classify.model_copy(
+                update={"min_steps": 400})})
+            assert grown.digest() != spec.digest()
+            assert spec_diff(spec.canonical(), grown.canonical()) == \
+                ["classify.min_steps: None -> 400"]
+
+
+def test_min_steps_is_read_from_a_profile_and_validated(tmp_path, tiny_params):
+    """Absent: null (the recipe's epochs); a positive integer in a profile or recipe reaches
+    the classify and MAE fine-tune specs; zero or a float is refused under its key."""
+    from pixbench.config import make_mae_spec
+
+    params = load_params(write_params(tmp_path / "a.yaml", tiny_params))
+    assert params.active.classify.min_steps is None
+    tiny_params["profiles"]["tiny"]["classify"]["min_steps"] = 400
+    tiny_params["profiles"]["tiny"]["mae"]["finetune"]["min_steps"] = 300
+    params = load_params(write_params(tmp_path / "b.yaml", tiny_params))
+    assert make_classify_spec(params, size=None, patch=2, seed=0).classify.min_steps == 400
+    spec = make_mae_spec(params, task="mae-finetune", size=None, patch=2, seed=0)
+    assert spec.classify.min_steps == 300
+    for bad, message in ((0, "greater than 0"), (2.5, "valid integer")):
+        tiny_params["profiles"]["tiny"]["classify"]["min_steps"] = bad
+        with pytest.raises(UserError, match=f"profiles.tiny.classify.min_steps: .*{message}"):
+            load_params(write_params(tmp_path / "c.yaml", tiny_params))
+
+
+def test_omit_when_null_drops_a_null_field_at_any_depth_and_only_then():
+    from pydantic import Field
+
+    from pixbench.config.schema import OMIT_WHEN_NULL, Digestible, Strict, omit_when_null
+
+    class Inner(Strict):
+        a: int = Field(description="kept")
+        late: int | None = omit_when_null(description="added later")
+
+    class Spec(Digestible):
+        inner: Inner = Field(description="nested")
+        late: str | None = omit_when_null(description="added later")
+
+    old = Spec(inner=Inner(a=1))
+    assert old.canonical() == {"inner": {"a": 1}} and old.model_dump() == {"inner": {"a": 1}}
+    assert Spec.model_validate(old.canonical()) == old
+    new = Spec(inner=Inner(a=1, late=3), late="x")
+    assert new.canonical() == {"inner": {"a": 1, "late": 3}, "late": "x"}
+    assert len({old.digest(), new.digest(), Spec(inner=Inner(a=1), late="x").digest()}) == 3
+    with pytest.raises(TypeError, match=r"Bad.late: declare it with omit_when_null\(\)"):
+        class Bad(Strict):  # the mark alone would promise a digest the dump does not keep
+            late: int | None = Field(None, json_schema_extra=dict(OMIT_WHEN_NULL),
+                                     description="marked by hand")

@@ -90,8 +90,50 @@ def test_the_check_fails_when_a_dep_is_removed(pipeline, monkeypatch):
             assert missing_deps(files, [d for d in deps if d != removed]), removed
 
 
-def test_every_cell_declares_its_metrics(pipeline):
-    cells = [s for s in pipeline if s[0].split("@")[0] not in ("prepare", "prepare-gen", "report")]
-    assert cells
-    for name, _, _, metrics, _ in cells:
-        assert len(metrics) == 1 and metrics[0].startswith("reports/metrics/"), name
+def test_dvc_shows_one_summary_per_profile(pipeline):
+    """The metrics DVC shows are each profile's summary (report); a cell's own metrics file and
+    verify's counts are plain outputs beside it (detail), so `dvc metrics show` lists a study
+    in a few columns instead of every number of every cell."""
+    for name, _, _, metrics, _ in pipeline:
+        stage, profile = name.split("@")[0], name.split("@")[1].split("-xxs")[0]
+        if stage == "report":
+            assert metrics == [f"reports/summary.json"], name  # the first study's place
+        else:
+            assert metrics == [], name
+
+
+def test_cells_yaml_is_the_studies_of_params_yaml():
+    """cells.yaml (what dvc.yaml's foreach reads) is params.yaml's studies, each profile's own
+    sweeps: a stale one is refused naming the fix."""
+    from pixbench.config import load_params
+    from pixbench.config.cells import check_cells, study_cells
+    from pixbench.errors import UserError
+
+    params = load_params(ROOT / "params.yaml")
+    check_cells(params, ROOT)
+    cells = study_cells(params)
+    sw = params.switch(params.studies[0]).sweep
+    assert len(cells["classify"]) == len(sw.sizes) * len(sw.patches) * len(sw.seeds)
+    other = params.model_copy(update={"studies": [params.studies[0]]})
+    other = other.model_copy(update={"profiles": {
+        **params.profiles, params.studies[0]: params.active.model_copy(
+            update={"sweep": sw.model_copy(update={"seeds": [0]})})}})
+    with pytest.raises(UserError, match="stale.*pixbench study cells"):
+        check_cells(other, ROOT)
+
+
+def test_dvc_tracks_identities_not_data_or_run_dirs(pipeline):
+    """No stage outputs or depends on a cache or a run dir: DVC would hash and copy them (a
+    244 GiB ImageNet cache, GB checkpoints) and they may live outside the repo
+    (PIXBENCH_CACHE_DIR, PIXBENCH_RUNS_DIR). A cache's identity is its manifest's copy in
+    reports/data/, a cell's its published metrics file."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        for stage in repo.index.stages:
+            for path in [str(d.def_path) for d in stage.deps] + [str(o.def_path) for o in stage.outs]:
+                assert not path.startswith(("data/", "runs/")), (stage.addressing, path)
+            if stage.addressing.startswith("prepare"):
+                assert [str(o.def_path) for o in stage.outs] == [
+                    f"reports/data/{stage.addressing.split('@')[1]}"
+                    f"{'-gen' if stage.addressing.startswith('prepare-gen') else ''}.json"]

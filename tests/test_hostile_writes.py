@@ -172,13 +172,13 @@ def test_report_refuses_a_figure_dir_linked_outside(workdir, tiny_params, outsid
 
 
 def test_verify_results_refuse_a_dir_linked_outside(workdir, outside):
-    """verify writes reports/verify/<profile>.json and reports/metrics/<profile>/verify.json
-    through the shared atomic writer: below the reports root, no link out of it is followed."""
+    """verify writes reports/verify/<profile>.json and <profile>.counts.json through the
+    shared atomic writer: below the reports root, no link out of it is followed."""
     from pixbench.config import Paths
     from pixbench.verify import _write
 
-    (workdir / "reports" / "metrics").mkdir(parents=True)
-    for link in ("verify", "metrics/tiny"):
+    (workdir / "reports").mkdir(parents=True)
+    for link in ("verify",):
         (workdir / "reports" / link).symlink_to(outside)
         with pytest.raises(UserError, match=f"reports/{link}"):
             _write(Paths(), "tiny", {"reproduced": 1, "cells": 1})

@@ -30,7 +30,11 @@ def raw_params() -> dict:
 def profile_digest(profile) -> str:
     import hashlib
 
-    blob = json.dumps(json.loads(profile.model_dump_json()), sort_keys=True, separators=(",", ":"))
+    from pixbench.config.params import STUDY_KEYS
+
+    # the recipe part of a profile (its study keys came later: a profile's own sweeps)
+    blob = json.dumps(json.loads(profile.model_dump_json(exclude=set(STUDY_KEYS))),
+                      sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

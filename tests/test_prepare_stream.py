@@ -160,3 +160,27 @@ def test_data_verify_cli(workdir, tiny_params, tree, monkeypatch, capsys):
     labels.write_bytes(labels.read_bytes()[:-1] + b"\x07")
     code, out, err = run_cli(["data", "verify"], monkeypatch, capsys)
     assert code != 0 and "val_labels.npy: sha256 does not match" in err
+
+
+def test_merge_refuses_while_a_shards_chunk_is_missing_and_names_it(tree, tmp_path, monkeypatch):
+    """The merge checks every chunk itself (SLURM's afterok is not relied on: issue 26): one
+    line naming the shard and chunk, the work dir kept as it was, no cache written."""
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 1)
+    work = stream.make_plan(cfg(tree), tmp_path / "c", tree)
+    for k in range(3):
+        shards.ShardJob(str(work), k, 3, 1)()
+    ids = stream.chunk_ids(stream.read_plan(work))
+    s, i = stream.shard(ids, 1, 3)[0]
+    (work / stream.DONE / f"{s}-{i:07d}.json").unlink()  # shard 1 cancelled before this chunk
+    before = sorted((p.relative_to(work), p.stat().st_size, p.stat().st_mtime_ns)
+                    for p in work.rglob("*"))
+    with pytest.raises(stream.Incomplete) as exc:
+        shards.MergeJob(str(work), str(tmp_path / "c"), "prepare", 3)()
+    msg = str(exc.value)
+    assert "\n" not in msg and "shard 1 of 3: 1 of 4 chunks are not decoded" in msg, msg
+    assert f"{s}-{i:07d}" in msg and "nothing was written" in msg, msg
+    assert sorted((p.relative_to(work), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in work.rglob("*")) == before
+    assert not (tmp_path / "c").exists()
+    shards.ShardJob(str(work), 1, 3, 1)()  # the re-run finishes it
+    assert shards.merge(work, 3)["counts"] == {"train": 42, "val": 9}

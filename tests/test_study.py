@@ -92,19 +92,19 @@ def test_the_dag_comes_from_dvc(study_repo, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     cells = {c.name: c for c in load_cells(study_repo, cli=cli)}
     assert len(cells) == 25 and not any(c.done for c in cells.values())
-    assert cells["mae-finetune@xxs-2-0"].parents == ["mae-pretrain@xxs-2-0", "prepare"]
-    assert cells["dit-eval@xxs-1-0"].parents == ["dit-train@xxs-1-0", "featnet", "vq-encode",
-                                                "vq-train"]
-    assert cells["classify@xxs-4-0"].task == "classify" and \
-        cells["classify@xxs-4-0"].run_id == "classify-xxs-p4-s0"
-    assert cells["mae-pretrain-alt@xxs-4-0"].run_id == "mae-pretrain-xxs-p4-s0-norm_pix"
-    assert len(cells["report"].parents) == 24 - 3  # every cell but itself, verify and the prepares
-    assert "report" in cells["verify"].parents  # verify reads the report: the last stage
+    assert cells["mae-finetune@tiny-xxs-p2-s0"].parents == ["mae-pretrain@tiny-xxs-p2-s0", "prepare@tiny"]
+    assert cells["dit-eval@tiny-xxs-p1-s0"].parents == ["dit-train@tiny-xxs-p1-s0", "featnet@tiny", "vq-encode@tiny",
+                                                "vq-train@tiny"]
+    assert cells["classify@tiny-xxs-p4-s0"].task == "classify" and \
+        cells["classify@tiny-xxs-p4-s0"].run_id == "classify-xxs-p4-s0"
+    assert cells["mae-pretrain-alt@tiny-xxs-p4-s0-norm_pix"].run_id == "mae-pretrain-xxs-p4-s0-norm_pix"
+    assert len(cells["report@tiny"].parents) == 24 - 2  # every cell but itself, verify, prepare-gen
+    assert "report@tiny" in cells["verify@tiny"].parents  # verify reads the report: the last stage
     names = list(cells)
     assert all(names.index(p) < names.index(n) for n, c in cells.items() for p in c.parents)
     small = [c.name for c in load_cells(study_repo, ["mae-linprobe"], cli=cli)]
-    assert sorted(small) == ["mae-linprobe@xxs-2-0", "mae-linprobe@xxs-4-0",
-                             "mae-pretrain@xxs-2-0", "mae-pretrain@xxs-4-0", "prepare"]
+    assert sorted(small) == ["mae-linprobe@tiny-xxs-p2-s0", "mae-linprobe@tiny-xxs-p4-s0",
+                             "mae-pretrain@tiny-xxs-p2-s0", "mae-pretrain@tiny-xxs-p4-s0", "prepare@tiny"]
     with pytest.raises(UserError, match="study target 'nope'"):
         load_cells(study_repo, ["nope"], cli=cli)
 
@@ -155,19 +155,19 @@ def test_cells_go_as_arrays_waiting_only_for_their_parents(study_repo, monkeypat
     for var in ("PIXBENCH_RUNS_DIR", "PIXBENCH_CACHE_DIR", "PIXBENCH_REPORTS_DIR"):
         monkeypatch.delenv(var, raising=False)
     cells = load_cells(study_repo, ["classify", "mae-finetune"], cli=pixbench_command)
-    cells[[c.name for c in cells].index("mae-pretrain@xxs-4-0")].done = True  # reused
+    cells[[c.name for c in cells].index("mae-pretrain@tiny-xxs-p4-s0")].done = True  # reused
     monkeypatch.setattr(cluster, "make_executor",
                         lambda profile, folder, name, task, deps: FakeExecutor(task, deps))
     FakeExecutor.log.clear()
     jobs = submit_cells(cells, profile=None, folder=study_repo, paths={})
     log = {(task, tuple(deps), n) for task, deps, n in FakeExecutor.log}
-    prep = jobs["prepare"].job_id
+    prep = jobs["prepare@tiny"].job_id
     assert (("prepare", (), 1)) in log
     assert ("classify", (prep,), 2) in log  # one array of both classify cells
-    pre2 = jobs["mae-pretrain@xxs-2-0"].job_id
+    pre2 = jobs["mae-pretrain@tiny-xxs-p2-s0"].job_id
     assert ("mae-finetune", tuple(sorted((prep, pre2))), 1) in log
     assert ("mae-finetune", (prep,), 1) in log  # its pre-training is finished: not waited for
-    assert "mae-pretrain@xxs-4-0" not in jobs and len(FakeExecutor.log) == 5
+    assert "mae-pretrain@tiny-xxs-p4-s0" not in jobs and len(FakeExecutor.log) == 5
 
 
 def test_sacct_lines_and_pending_arrays(monkeypatch):
@@ -204,13 +204,13 @@ def test_summary_names_the_failed_cell_its_job_log_and_traceback(tmp_path):
 def test_a_cell_queued_by_an_earlier_study_is_not_submitted_again(workdir, monkeypatch):
     folder = study_state.studies_dir(Paths()) / "s1"
     folder.mkdir(parents=True)
-    cells = [{"name": "classify@xxs-4-0", "run_id": "classify-xxs-p4-s0", "job_id": "7"},
-             {"name": "prepare", "run_id": "prepare", "job_id": "6"}]
+    cells = [{"name": "classify@tiny-xxs-p4-s0", "run_id": "classify-xxs-p4-s0", "job_id": "7"},
+             {"name": "prepare@tiny", "run_id": "prepare", "job_id": "6"}]
     study_state.write_state(folder, {"id": "s1", "cells": cells})
     monkeypatch.setattr(study_state, "sacct", lambda ids: {"7": {"state": "running"},
                                                            "6": {"state": "done"}})
     assert study_state.queued_elsewhere(Paths(), {"classify-xxs-p4-s0", "prepare"}) == \
-        ["classify@xxs-4-0 (study s1, job 7)"]
+        ["classify@tiny-xxs-p4-s0 (study s1, job 7)"]
     assert study_state.study_folder(Paths(), None) == folder  # the latest
     with pytest.raises(UserError, match="study id"):
         study_state.study_folder(Paths(), "../x")

@@ -107,17 +107,17 @@ def test_a_failed_cell_stops_only_its_descendants_then_a_rerun_finishes_in_dag_o
     assert "2 at a time, 1 thread(s) each" in out.stderr
     (first,) = _study_logs(repo)
     log = first / f"{bad}.log"
-    assert any(s.startswith("FAILED mae-pretrain@xxs-2-0") and str(log) in s for s in lines)
+    assert any(s.startswith("FAILED mae-pretrain@tiny-xxs-p2-s0") and str(log) in s for s in lines)
     assert "unreadable checkpoint" in log.read_text()
-    for cell in ("classify@xxs-4-0", "mae-pretrain@xxs-4-0", "mae-linprobe@xxs-4-0"):
+    for cell in ("classify@tiny-xxs-p4-s0", "mae-pretrain@tiny-xxs-p4-s0", "mae-linprobe@tiny-xxs-p4-s0"):
         assert any(s.startswith(f"done   {cell}") for s in lines), (cell, lines)
-    assert "start  mae-linprobe@xxs-2-0" not in lines
+    assert "start  mae-linprobe@tiny-xxs-p2-s0" not in lines
     assert lines[-1].startswith("error: 2 cells failed or wait for a failed one "
-                                "(mae-linprobe@xxs-2-0, mae-pretrain@xxs-2-0)"), lines[-1]
+                                "(mae-linprobe@tiny-xxs-p2-s0, mae-pretrain@tiny-xxs-p2-s0)"), lines[-1]
     assert "classify" not in (repo / "dvc.lock").read_text()  # nothing recorded but prepare
     # a linear probe starts only after its pre-training has finished (p4 here, p2 below)
-    done = next(i for i, s in enumerate(lines) if s.startswith("done   mae-pretrain@xxs-4-0"))
-    assert lines.index("start  mae-linprobe@xxs-4-0") > done
+    done = next(i for i, s in enumerate(lines) if s.startswith("done   mae-pretrain@tiny-xxs-p4-s0"))
+    assert lines.index("start  mae-linprobe@tiny-xxs-p4-s0") > done
     assert {p.name for p in first.iterdir()} == {
         "classify-xxs-p4-s0.log", "mae-pretrain-xxs-p2-s0.log", "mae-pretrain-xxs-p4-s0.log",
         "mae-linprobe-xxs-p4-s0.log"}  # prepare went through dvc repro first
@@ -127,8 +127,8 @@ def test_a_failed_cell_stops_only_its_descendants_then_a_rerun_finishes_in_dag_o
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     lines = _lines(out.stderr)
     assert "6 cells, 4 finished already; 2 at a time, 1 thread(s) each" in out.stderr
-    done = next(i for i, s in enumerate(lines) if s.startswith("done   mae-pretrain@xxs-2-0"))
-    assert lines.index("start  mae-linprobe@xxs-2-0") > done
+    done = next(i for i, s in enumerate(lines) if s.startswith("done   mae-pretrain@tiny-xxs-p2-s0"))
+    assert lines.index("start  mae-linprobe@tiny-xxs-p2-s0") > done
     (second,) = _study_logs(repo) - {first}
     assert {p.name for p in second.iterdir()} == {"mae-pretrain-xxs-p2-s0.log",
                                                   "mae-linprobe-xxs-p2-s0.log"}

@@ -101,8 +101,8 @@ def test_small_study_runs_in_dag_order_and_is_recorded(tmp_path):
     state = _state(repo)
     acct = _assert_dag_order(state)
     cells = {c["name"]: c for c in state["cells"]}
-    arrays = {cells[f"mae-pretrain@xxs-{p}-0"]["job_id"].split("_")[0] for p in (2, 4)}
-    assert len(arrays) == 1 and "_" in cells["mae-pretrain@xxs-2-0"]["job_id"]  # one array
+    arrays = {cells[f"mae-pretrain@tiny-xxs-p{p}-s0"]["job_id"].split("_")[0] for p in (2, 4)}
+    assert len(arrays) == 1 and "_" in cells["mae-pretrain@tiny-xxs-p2-s0"]["job_id"]  # one array
     record = next(c for c in state["cells"] if c["name"] == "record")
     assert acct[record["job_id"]][0] == "COMPLETED"
     assert "every cell is done and recorded" in out.stderr
@@ -122,14 +122,14 @@ def test_failed_cell_cancels_only_its_dependants(tmp_path, monkeypatch):
     states = {c["name"]: c for c in _state(repo)["cells"]}
     acct = _sacct([c["job_id"] for c in states.values() if c["job_id"]])
     got = {n: acct[c["job_id"]][0].split()[0] for n, c in states.items() if c["job_id"]}
-    assert got == {"prepare": "COMPLETED", "classify@xxs-4-0": "COMPLETED",
-                   "mae-pretrain@xxs-2-0": "FAILED", "mae-linprobe@xxs-2-0": "CANCELLED",
+    assert got == {"prepare@tiny": "COMPLETED", "classify@tiny-xxs-p4-s0": "COMPLETED",
+                   "mae-pretrain@tiny-xxs-p2-s0": "FAILED", "mae-linprobe@tiny-xxs-p2-s0": "CANCELLED",
                    "record": "CANCELLED"}, got
-    failed = states["mae-pretrain@xxs-2-0"]
+    failed = states["mae-pretrain@tiny-xxs-p2-s0"]
     err = out.stderr
-    assert f"FAILED mae-pretrain@xxs-2-0 (mae-pretrain {bad}): job {failed['job_id']}" in err
+    assert f"FAILED mae-pretrain@tiny-xxs-p2-s0 (mae-pretrain {bad}): job {failed['job_id']}" in err
     assert failed["log"] in err and "unreadable checkpoint" in err, err[-3000:]
-    assert "cancelled (a parent failed): mae-linprobe@xxs-2-0, record" in err
+    assert "cancelled (a parent failed): mae-linprobe@tiny-xxs-p2-s0, record" in err
     assert "3 of 5 cells failed or were cancelled" in err
 
 
@@ -145,7 +145,7 @@ def test_requeued_cell_completes_mid_study(tmp_path):
     while not ckpt.exists():
         assert time.monotonic() < deadline and proc.poll() is None, "the cell never checkpointed"
         time.sleep(0.5)
-    job = next(c for c in _state(repo)["cells"] if c["name"] == "classify@xxs-2-0")["job_id"]
+    job = next(c for c in _state(repo)["cells"] if c["name"] == "classify@tiny-xxs-p2-s0")["job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True, env=_env(repo))
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stdout + stderr[-3000:]

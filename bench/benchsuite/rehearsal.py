@@ -1,13 +1,16 @@
-"""Scale rehearsal of `data prepare` (issue 15): a synthetic ImageNet-like JPEG tree, prepare
-measured at three sizes N at 28px and on the generation path at 256px, the pixel difference of
-fast decode, the per-image plan state at ImageNet-1k's N (plan_state.py), and the
-extrapolation to ImageNet-1k. bench/test_scale_prepare.py runs it and
-writes reports/bench/scale-prepare.{md,json}.
+"""Scale rehearsal of `data prepare` (issues 15, 26): a synthetic ImageNet-like JPEG tree,
+prepare measured at three sizes N at 28px and on the generation path at 256px, the pixel
+difference of fast decode, the per-image plan state at ImageNet-1k's N (plan_state.py), the
+per-worker peak, and the extrapolation to ImageNet-1k and to 32-128 core nodes; optionally the
+same for the code before a change (`before_src`: another checkout's src/).
+bench/test_scale_prepare.py runs it and writes reports/bench/scale-prepare.{md,json}.
 
-Each prepare runs in a child process: wall time, CPU time of the child and every process it
-waited for (getrusage(RUSAGE_CHILDREN): the decode workers included, robust to a shared CPU),
-peak RSS summed over the child's process tree (sampled every 20 ms with psutil; shared pages
-counted once per process, so an upper bound), and the cache's disk use.
+Each prepare runs in a child process at the default worker count (every core, as a user's
+prepare runs): wall time, CPU time of the child and every process it waited for
+(getrusage(RUSAGE_CHILDREN): the decode workers included, robust to a shared CPU), peak RSS
+summed over the child's process tree and the peak of each process (sampled every 20 ms with
+psutil; pages a worker shares with the parent counted in both, so an upper bound), and the
+cache's disk use.
 """
 
 from __future__ import annotations
@@ -102,21 +105,24 @@ def subset_tree(src: Path, dst: Path, n_train: int, n_val: int) -> Path:
 # ----------------------------------------------------------------------------- measuring
 
 
-def _tree_rss(proc) -> int:
+def _rss_by_pid(proc) -> dict[int, int]:
+    """RSS of the prepare process and of each process under it, by pid."""
     import psutil
 
-    total = 0
+    out = {}
     try:
         for p in [proc, *proc.children(recursive=True)]:
-            total += p.memory_info().rss
+            out[p.pid] = p.memory_info().rss
     except psutil.Error:
         pass  # a worker that just exited
-    return total
+    return out
 
 
 def measure(root: Path, out: Path, size: int, fast_decode: float | None = None,
-            workers: int = 0, src: Path | None = None) -> dict:
-    """Run one prepare in a child process; wall, CPU, peak tree RSS, disk."""
+            workers: int = 0, src: Path | None = None, code: str | None = None) -> dict:
+    """Run one prepare in a child process; wall, CPU, peak tree RSS (and the peak of the
+    prepare process alone and of its largest decode worker), disk. `src`: another checkout's
+    src/ (the code before a change), labelled `code` (default "main")."""
     import psutil
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -128,9 +134,12 @@ def measure(root: Path, out: Path, size: int, fast_decode: float | None = None,
     child = subprocess.Popen([sys.executable, "-c", DRIVER, str(root), str(out), str(size),
                               "none" if fast_decode is None else str(fast_decode),
                               str(workers)], env=env, stdout=subprocess.PIPE, text=True)
-    proc, peak = psutil.Process(child.pid), 0
+    proc, peak, per_pid = psutil.Process(child.pid), 0, {}
     while child.poll() is None:
-        peak = max(peak, _tree_rss(proc))
+        now = _rss_by_pid(proc)
+        peak = max(peak, sum(now.values()))
+        for pid, rss in now.items():
+            per_pid[pid] = max(per_pid.get(pid, 0), rss)
         time.sleep(0.02)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -140,10 +149,15 @@ def measure(root: Path, out: Path, size: int, fast_decode: float | None = None,
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     images = counts["train"] + counts["val"]
     disk = sum(f.stat().st_blocks * 512 for f in out.iterdir())
-    return {"size": size, "fast_decode": fast_decode, "code": "main" if src else "branch",
+    kids = [v for pid, v in per_pid.items() if pid != child.pid]
+    return {"size": size, "fast_decode": fast_decode,
+            "code": code or ("main" if src else "branch"),
             "n_train": counts["train"], "n_val": counts["val"], "wall_s": round(wall, 2),
             "cpu_s": round(cpu, 2), "cpu_ms_per_image": round(1e3 * cpu / images, 3),
-            "peak_rss_gib": round(peak / GIB, 3), "disk_mib": round(disk / (1 << 20), 1)}
+            "peak_rss_gib": round(peak / GIB, 3), "disk_mib": round(disk / (1 << 20), 1),
+            "parent_peak_mib": round(per_pid.get(child.pid, 0) / (1 << 20), 1),
+            "worker_peak_mib": round(max(kids, default=0) / (1 << 20), 1),
+            "workers_seen": len(kids)}
 
 
 def pixel_diff(exact: Path, fast: Path) -> dict:
@@ -175,11 +189,12 @@ def hash_rate_gbps(mib: int = 256) -> float:
 
 def run_rehearsal(work: Path, sizes28=(2000, 4000, 8000), sizes256=(2000, 4000, 8000),
                   n_val: int = 500, classes: int = 100, fast_gaps=(1.0, 2.0),
-                  main_src: Path | None = None, workers: int = 0,
-                  state_ns: list[tuple[int, int]] | None = None) -> dict:
+                  before_src: Path | None = None, before_label: str = "before",
+                  workers: int = 0, state_ns: list[tuple[int, int]] | None = None,
+                  file_ns=((20_000, 1_000), (80_000, 4_000))) -> dict:
     """Every measurement of the report; `work` holds the trees and caches. `state_ns`: the
     (n_train, n_val) at which the plan state is measured (default: the largest tree and
-    ImageNet-1k)."""
+    ImageNet-1k); `file_ns`: make_plan on real trees of empty files of these sizes."""
     tree = work / "tree"
     n_max = max(*sizes28, *sizes256)
     if not (tree / "done").exists():
@@ -199,16 +214,27 @@ def run_rehearsal(work: Path, sizes28=(2000, 4000, 8000), sizes256=(2000, 4000, 
     for g in fast_gaps:
         rows.append(measure(subs[big], work / f"c28-fast{g}", 28, g, workers))
         diffs[str(g)] = pixel_diff(work / f"c28-{big}", work / f"c28-fast{g}")
-    if main_src is not None:  # today's prepare on the same trees, same machine, same hour
-        for n in (min(sizes28), big):
-            rows.append(measure(subs[n], work / f"main28-{n}", 28, src=main_src))
+    state_ns = state_ns or imagenet_state_ns(big, n_val)
+    doc = {"schema": "pixbench.scale-prepare/2", "machine": machine(), "workers": workers,
+           "tree": {"n_val": n_val, "classes": classes, "jpeg": "400x350 q90",
+                    "mean_jpeg_kib": round(_mean_jpeg_kib(tree), 1)},
+           "fast_decode_diff_28px": diffs, "hash_gbps": hash_rate_gbps(),
+           "plan_state": plan_state.measure(work, state_ns),
+           "plan_on_files": plan_state.plan_on_files(work, file_ns)}
+    if before_src is not None:  # the code before the change, same trees, machine and hour
+        for size, n in ((28, big), (256, max(sizes256))):
+            rows.append(measure(subs[n], work / f"before{size}-{n}", size, workers=workers,
+                                src=before_src, code="before"))
+            shutil.rmtree(work / f"before{size}-{n}")
+        doc["before"] = {"label": before_label,
+                         "plan_state": plan_state.measure(work, state_ns, src=before_src),
+                         "plan_on_files": plan_state.plan_on_files(work, file_ns, before_src)}
+    return {**doc, "rows": rows}
+
+
+def _mean_jpeg_kib(tree: Path) -> float:
     files = sorted((tree / "train").rglob("*.jpg"))
-    jpeg_kb = float(np.mean([f.stat().st_size for f in files[:2000]])) / 1024
-    return {"schema": "pixbench.scale-prepare/1", "machine": machine(),
-            "tree": {"n_val": n_val, "classes": classes, "jpeg": "400x350 q90",
-                     "mean_jpeg_kib": round(jpeg_kb, 1)},
-            "rows": rows, "fast_decode_diff_28px": diffs, "hash_gbps": hash_rate_gbps(),
-            "plan_state": plan_state.measure(work, state_ns or imagenet_state_ns(big, n_val))}
+    return float(np.mean([f.stat().st_size for f in files[:2000]])) / 1024
 
 
 def imagenet_state_ns(n_train: int, n_val: int) -> list[tuple[int, int]]:

@@ -9,6 +9,7 @@ batch, lr) do not depend on the number of GPUs; only rank 0 writes files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -105,6 +106,36 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(out, padded)
     return torch.cat([o[:int(s.item())] for o, s in zip(out, sizes)]).to(t.device)
+
+
+def to_main(pieces: list[torch.Tensor], take: Callable[[int, torch.Tensor], None]) -> None:
+    """Hand every rank's `pieces` to `take(i, piece)` on rank 0, in rank order (rank 0's own
+    first), `i` the piece's index in its rank's list; the other ranks send theirs and return.
+
+    Unlike gather_rows, nothing lands on ranks > 0 and rank 0 holds one received piece at a
+    time (what it keeps is up to `take`): per-rank memory stays at the rank's own share. A rank
+    may have no pieces (more ranks than chunks). Received pieces arrive on the CPU."""
+    if world_size() == 1:
+        for i, p in enumerate(pieces):
+            take(i, p)
+        return
+    metas: list = [None] * world_size()
+    # shapes and dtypes first (a few bytes each): rank 0 allocates exactly what arrives
+    dist.all_gather_object(metas, [(tuple(p.shape), p.dtype) for p in pieces])
+    dev = _comm_device()
+    if not is_main():
+        for p in pieces:
+            if p.numel():  # an empty piece is announced by its shape alone
+                dist.send(p.contiguous().to(dev), dst=0)
+        return
+    for i, p in enumerate(pieces):
+        take(i, p)
+    for src in range(1, world_size()):
+        for i, (shape, dtype) in enumerate(metas[src]):
+            buf = torch.empty(shape, dtype=dtype, device=dev)
+            if buf.numel():
+                dist.recv(buf, src=src)
+            take(i, buf.cpu())
 
 
 def mean_over_ranks(value: float) -> float:

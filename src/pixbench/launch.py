@@ -128,10 +128,14 @@ def finished(task: str, spec, paths, stale: str = "restart") -> dict | None:
 
 def _prepared(spec, paths) -> dict | None:
     """A cache that loads (manifest checksum, sizes, shapes, quick hashes: the checks training
-    makes) and was written for this data config; else None (prepare writes a fresh one)."""
+    makes) and was written for this data config; else None (prepare writes a fresh one). Its
+    identity for DVC (tasks/prepare.py) is written where a prepare that ran elsewhere (a SLURM
+    shard merge) left none: derived from the checked manifest, so a recording never misses it."""
     import json
 
     from pixbench.data.cache import load_cache
+    from pixbench.runio import atomic_write_json
+    from pixbench.tasks.prepare import data_identity
 
     gen = spec.track == "gen"
     out = paths.gen_cache_for(spec.profile) if gen else paths.cache_for(spec.profile)
@@ -143,6 +147,13 @@ def _prepared(spec, paths) -> dict | None:
         return None
     if manifest.get("spec") != json.loads(json.dumps(spec.data.model_dump(mode="json"))):
         return None
+    identity = data_identity(paths, spec)
+    try:
+        same = json.loads(identity.read_text()) == manifest
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        atomic_write_json(identity, manifest)
     return {"run_id": spec.run_id, "path": str(out), "counts": manifest["counts"],
             "image_size": manifest["image_size"], "channels": manifest["channels"],
             "num_classes": manifest["num_classes"]}

@@ -83,16 +83,22 @@ def _root_naming(path: Path) -> list[Path]:
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, root: Path | str | None = None) -> None:
-    """`path` whole or not at all: a temp file in its real parent dir (writable_dir: never out
-    of `root` through a link), fsync, rename. A link at `path` itself is replaced, not written
-    through. An OS error (not writable, disk full) is a one-line UserError naming `path`."""
+    """`path` whole or not at all (atomic_write_with)."""
+    atomic_write_with(path, lambda f: f.write(data), root=root)
+
+
+def atomic_write_with(path: Path, fill, *, root: Path | str | None = None) -> None:
+    """`path` whole or not at all, its bytes written by `fill(binary file)`: a temp file in its
+    real parent dir (writable_dir: never out of `root` through a link), fsync, rename. A link
+    at `path` itself is replaced, not written through. An OS error (not writable, disk full)
+    is a one-line UserError naming `path`."""
     path = Path(path)
     target = writable_dir(path.parent, root) / path.name
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

@@ -141,7 +141,7 @@ def load_params(path: Path, profile: str | None):
         if profile not in params.profiles:
             raise UserError(f"--profile {profile!r} is not one of {path}: profiles "
                             f"({', '.join(params.profiles)})")
-        params = params.model_copy(update={"profile": profile})
+        params = params.switch(profile)
     return params
 
 

@@ -47,6 +47,37 @@ def _repo_root() -> Path:
     return root
 
 
+@app.command("cells")
+def cells_cmd(check: Annotated[bool, typer.Option(
+        "--check", help="Only say whether cells.yaml is params.yaml's study (exit 2 if not).")] = False
+              ) -> None:
+    """Write cells.yaml: every cell of params.yaml's studies (each profile's own sweeps), the
+    list dvc.yaml's stages run. `study run` does it itself; run it after editing params.yaml
+    before a plain `dvc repro`."""
+    from pixbench.config import load_params
+    from pixbench.config.cells import CELLS_FILE, check_cells, study_cells, write_cells
+
+    root = _repo_root()
+    params = load_params(root / "params.yaml")
+    if check:
+        check_cells(params, root)
+        typer.echo(f"{CELLS_FILE}: up to date")
+        return
+    changed = write_cells(params, root)
+    n = sum(len(v) for v in study_cells(params).values())
+    typer.echo(f"{CELLS_FILE}: {'written' if changed else 'up to date'} ({n} entries for "
+               f"{', '.join(params.studies)})")
+
+
+def sync_cells(root: Path) -> None:
+    """Rewrite cells.yaml when params.yaml's studies changed, saying so."""
+    from pixbench.config import load_params
+    from pixbench.config.cells import CELLS_FILE, write_cells
+
+    if write_cells(load_params(root / "params.yaml"), root):
+        typer.echo(f"study: {CELLS_FILE} rewritten from params.yaml's studies", err=True)
+
+
 @app.command("run")
 def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOpt = None) -> None:
     """Run every pending cell of the pipeline on this machine, --jobs at a time (each cell
@@ -62,6 +93,7 @@ def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOp
     from pixbench.study.state import new_study_id, studies_dir
 
     root = _repo_root()
+    sync_cells(root)
     cores = len(os.sched_getaffinity(0))
     jobs = jobs or (1 if list(Path("/dev").glob("nvidia[0-9]*")) else cores)
     threads = threads or max(1, cores // jobs)
@@ -74,6 +106,15 @@ def run_cmd(targets: TargetsArg = None, jobs: JobsOpt = None, threads: ThreadsOp
         record(root, [c.name for c in prepare], cli=pixbench_command)
         for cell in prepare:
             cell.done = finished(cell.task, cell.spec, Paths(), cell.stale) is not None
+    pending = [c.spec for c in cells if not c.done and c.task not in ("prepare", "report",
+                                                                       "verify")]
+    if pending:  # the cost of what is left, before anything trains
+        from pixbench.config import load_params
+        from pixbench.study.estimate import estimate_lines
+
+        for line in estimate_lines(load_params(root / "params.yaml"), pending, Paths(),
+                                   threads=threads, jobs=jobs):
+            typer.echo(line, err=True)
     folder = studies_dir(Paths()).resolve() / new_study_id()
     start = time.perf_counter()
     typer.echo(f"study: {len(cells)} cells, {sum(c.done for c in cells)} finished already; "
@@ -108,6 +149,7 @@ def submit_cmd(targets: TargetsArg = None, cluster: ClusterOpt = None, wait: Wai
     check_run_flags(cluster=cluster)
     _, cluster = resolve_launcher("slurm", cluster)
     root = _repo_root()
+    sync_cells(root)
     targets = list(targets or [])
     cells = load_cells(root, targets, cli=pixbench_command)
     pending = [c for c in cells if not c.done and c.task not in STATELESS]

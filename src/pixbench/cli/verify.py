@@ -11,7 +11,7 @@ from pixbench.cli.options import (PARAMS_FILE, ClusterOpt, LauncherOpt, ParamsOp
                                   load_params)
 
 UpdateOpt = Annotated[bool, typer.Option(
-    "--update-reference", help="Write reports/reference/<profile>.json from the current runs "
+    "--record", "--update-reference", help="Write reports/reference/<profile>.json from the current runs "
     "instead of comparing with it.")]
 
 

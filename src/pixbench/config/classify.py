@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pixbench.config.schema import Bool, Float, Int, OptimConfig, Seed, Strict
+from pixbench.config.schema import Bool, Float, Int, OptimConfig, Seed, Strict, omit_when_null
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -48,6 +48,17 @@ class ClassifyConfig(Strict):
     val_subset: Int | None = Field(gt=0, description="Evaluate on this many validation images "
                                    "(fixed subset), or null for all.")
     epochs: Int = Field(gt=0, description="Training epochs over the (subset of the) train split.")
+    # Why a floor in steps: the recipe is written in epochs, so a smaller dataset gets fewer
+    # optimiser steps. At the CPU recipe the pixel model (p=1) leaves its loss plateau only
+    # after ~300-400 steps (params.yaml, fmnist-cpu's comment; reports/bench/recipe-search.md):
+    # fmnist-cpu's 2 epochs of 20k images are 624 steps, the same recipe on 4k images 124, and
+    # p=1 never left the plateau. Null (the default) keeps the recipe's epochs and the digest.
+    min_steps: Int | None = omit_when_null(
+        gt=0, description="Train at least this many optimizer steps: on a small dataset the "
+                          "epochs grow to ceil(min_steps / steps_per_epoch), steps_per_epoch = "
+                          "train images // batch_size (never fewer than `epochs`; warm-up stays "
+                          "warmup_epochs, the cosine spans all steps). Null: `epochs` as "
+                          "written.")
     batch_size: Int = Field(gt=0, description="Global training batch size.")
     eval_batch_size: Int = Field(gt=0, description="Evaluation batch size.")
     label_smoothing: Float = Field(ge=0, lt=1, description="Cross-entropy label smoothing.")

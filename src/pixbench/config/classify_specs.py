@@ -81,6 +81,9 @@ def make_classify_spec(params: Params, *, size: str | None, patch: int, seed: in
 def make_pretrain_spec(params: Params, *, size: str | None, patch: int, seed: int,
                        target: str | None = None) -> PretrainSpec:
     """target: another reconstruction target than the profile's (run id suffix -TARGET)."""
+    if params.active.mae is None or params.mae_sweep is None:
+        raise UserError(f"profiles.{params.profile}.mae is not set: this profile has no MAE "
+                        "track")
     size = size or params.mae_sweep.sizes[0]
     base = make_classify_spec(params, size=size, patch=patch, seed=seed)  # validates size/patch
     if params.active.data.image_size // patch < 2:

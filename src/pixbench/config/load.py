@@ -9,7 +9,11 @@ DVC could not track the parent's keys (see dvc.yaml).
 
 Every part of every track a profile runs must be present in the profile, as `{}` when nothing
 differs, because dvc.yaml tracks `profiles.<profile>.<part>` and DVC fails on a declared key
-that is absent. A profile that omits a whole optional track (gen) does not run it.
+that is absent. A profile that omits a whole optional track (mae, gen) does not run it.
+
+A profile's study: the top-level `sweep`, `mae_sweep`, `locality` and `gen_sweep` with the
+profile's own values of those keys merged on top (the same rule); a track the profile does not
+run has no sweep. The resolved top-level keys are the active profile's (Params.switch).
 
 Every problem is reported at once, each under the dotted key of the value that causes it, in
 the file as written (a profile's override, or the recipe it inherits). show.py prints the result.
@@ -23,12 +27,12 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from pixbench.config.params import Params, Profile
+from pixbench.config.params import STUDY_KEYS, Params, Profile
 from pixbench.errors import UserError
 
 PARTS = ("data", "classify", "mae.pretrain", "mae.finetune", "mae.linprobe", "gen.data",
          "gen.vq", "gen.latents", "gen.featnet", "gen.dit", "gen.sample", "gen.fid")
-OPTIONAL_TRACKS = ("gen",)
+OPTIONAL_TRACKS = ("mae", "gen")
 EXTENDS = "extends"
 
 
@@ -126,7 +130,7 @@ def merge_profile(recipes: dict, over: dict) -> dict:
     merged = deep_merge(recipes, over)
     for track in OPTIONAL_TRACKS:
         if track not in over:
-            merged.pop(track, None)
+            merged[track] = None
     return merged
 
 
@@ -190,6 +194,8 @@ class Source:
             name, path = loc[1], tuple(loc[2:])
             if self.recipes is None or not path or _owns(self.overrides[name], path):
                 return _dotted(loc)
+            if path[0] in STUDY_KEYS:  # inherited from the top-level study key
+                return _dotted(path)
             return self.recipe_key(path)
         return _dotted(loc)
 
@@ -249,15 +255,39 @@ def resolve(raw: dict) -> tuple[dict, Source, list[str]]:
     if recipes is not None:
         full, bad, source.broken = resolve_recipes(recipes)
         problems += bad
-        try:
-            Profile.model_validate(full)
+        try:  # the recipes as a profile; the study keys are checked with each profile
+            Profile.model_validate(merge_study(raw, copy.deepcopy(full), {}))
         except ValidationError as exc:
-            problems += _problems(exc, lambda loc: source.recipe_key(tuple(loc)))
+            problems += _problems(exc, lambda loc: source.recipe_key(tuple(loc)) if
+                                  not loc or loc[0] not in STUDY_KEYS else _dotted(loc))
         for name, over in overrides.items():
             if isinstance(over, dict):  # anything else: validation names it
                 problems += missing_parts(name, over)
                 rest["profiles"][name] = merge_profile(full, over)
+    for name, over in overrides.items():
+        if isinstance(over, dict):
+            prof = rest["profiles"][name] if recipes is not None else merge_profile({}, over)
+            rest["profiles"][name] = merge_study(raw, prof, over)
+    name, resolved = raw.get("profile"), rest.get("profiles")
+    if isinstance(name, str):
+        rest.setdefault("studies", [name])  # no `studies`: the active profile's alone
+        if isinstance(resolved, dict) and isinstance(resolved.get(name), dict):
+            rest.update({k: resolved[name].get(k) for k in STUDY_KEYS})
     return rest, source, problems
+
+
+def merge_study(raw: dict, merged: dict, over: dict) -> dict:
+    """A resolved profile with its study: each top-level study key with the profile's own
+    value merged on top; no sweep for a track the profile does not run."""
+    off = {"mae_sweep": "mae", "gen_sweep": "gen"}
+    for key in STUDY_KEYS:
+        if key in off and merged.get(off[key]) is None:
+            merged[key] = None
+        elif key in over:
+            merged[key] = deep_merge(raw.get(key), over[key]) if over[key] is not None else None
+        else:
+            merged[key] = copy.deepcopy(raw.get(key))
+    return merged
 
 
 def load_with_source(path: Path | str = "params.yaml") -> tuple[Params, Source]:

@@ -17,16 +17,6 @@ from pixbench.config.gen import GenConfig, GenSweep, gen_problems
 from pixbench.config.schema import DataConfig, Float, Int, SafeName, Seed, Strict
 
 
-class Profile(Strict):
-    data: DataConfig = Field(description="Where the images come from and their stored size.")
-    classify: ClassifyConfig = Field(description="The classification recipe, shared by "
-                                     "every patch size.")
-    mae: MaeConfig = Field(description="The MAE track's recipes, shared by every patch size.")
-    gen: GenConfig | None = Field(None, description="The generation track (tokenizer, FID "
-                                  "classifier, DiT, sampling, metrics), or null: a profile "
-                                  "without a generation track.")
-
-
 class Sweep(Strict):
     sizes: list[SafeName] = Field(min_length=1, description="Model size keys of the DVC matrix "
                              "(xxs, xs, m, t, s, b, l); the first is `--size`'s default.")
@@ -60,6 +50,27 @@ class MaeSweep(Sweep):
                                    "undefined at p=1 on gray data).")
 
 
+class Profile(Strict):
+    """A dataset with its recipes and its own study: the sweeps DVC and `pixbench study run`
+    run for it (params.yaml's top-level sweeps, with the profile's own `sweep`, `mae_sweep`,
+    `locality`, `gen_sweep` merged on top key by key)."""
+
+    data: DataConfig = Field(description="Where the images come from and their stored size.")
+    classify: ClassifyConfig = Field(description="The classification recipe, shared by "
+                                     "every patch size.")
+    mae: MaeConfig | None = Field(description="The MAE track's recipes, shared by every "
+                                  "patch size, or null: a profile without an MAE track.")
+    gen: GenConfig | None = Field(description="The generation track (tokenizer, FID "
+                                  "classifier, DiT, sampling, metrics), or null: a profile "
+                                  "without a generation track.")
+    sweep: Sweep = Field(description="This profile's classification cells.")
+    mae_sweep: MaeSweep | None = Field(description="This profile's MAE cells (null: no "
+                                       "MAE track).")
+    locality: Locality = Field(description="This profile's locality ablations.")
+    gen_sweep: GenSweep | None = Field(description="This profile's DiT cells (null: no "
+                                       "generation track).")
+
+
 class VerifyConfig(Strict):
     """How `pixbench verify` judges a fresh result against the committed reference when the
     numbers cannot be bitwise equal (another CPU kind, another spec): see verify/compare.py."""
@@ -80,11 +91,22 @@ class VerifyConfig(Strict):
         "(reports/bench/instrument-bands.md); used where the instruments are not pinned.")
 
 
+STUDY_KEYS = ("sweep", "mae_sweep", "locality", "gen_sweep")  # a profile may override each
+
+
 class Params(Strict):
-    profile: SafeName = Field(description="The active profile: the one switch between the CPU "
-                         "default and the paper recipes.")
+    """The resolved params. `sweep`, `mae_sweep`, `locality` and `gen_sweep` are the ACTIVE
+    profile's study (load.py merges each profile's own onto the top-level ones); `switch`
+    makes another profile the active one, with its study."""
+
+    profile: SafeName = Field(description="The active profile: what a pixbench command "
+                              "without --profile runs (and whose report is reports/REPORT.md).")
+    studies: list[SafeName] = Field(min_length=1, description="The profiles `dvc repro` and "
+                                    "`pixbench study run` run, each with its own study "
+                                    "(cells.yaml lists their cells).")
     sweep: Sweep = Field(description="Cells of the DVC matrix (sizes x patch sizes x seeds).")
-    mae_sweep: MaeSweep = Field(description="Cells of the MAE track's DVC matrices.")
+    mae_sweep: MaeSweep | None = Field(None, description="Cells of the MAE track's DVC "
+                                       "matrices (null: no MAE track).")
     profiles: dict[SafeName, Profile] = Field(description="Named data + recipe presets, resolved "
                                          "(recipes with each profile's overrides merged in).")
     locality: Locality = Field(description="Locality ablations (pixel permutation, position "
@@ -106,46 +128,75 @@ class Params(Strict):
     def active(self) -> Profile:
         return self.profiles[self.profile]
 
+    def switch(self, profile: str) -> Params:
+        """These params with `profile` active: its recipes and its own study."""
+        from pixbench.errors import UserError
+
+        if profile not in self.profiles:
+            raise UserError(f"profile {profile!r} is not one of profiles: "
+                            f"{', '.join(self.profiles)}")
+        prof = self.profiles[profile]
+        problems = profile_problems(self, profile)
+        if problems:
+            raise UserError("; ".join(problems))
+        return self.model_copy(update={"profile": profile, **{k: getattr(prof, k)
+                                                               for k in STUDY_KEYS}})
+
 
 def cross_problems(params: Params) -> list[str]:
-    """Checks across sections (the active profile against the sweeps), every one at once."""
-    if params.profile not in params.profiles:
-        return [f"profile {params.profile!r} is not one of profiles: "
-                f"{', '.join(params.profiles)}"]
+    """Checks across sections, every one at once: the studies name profiles, and the active
+    profile and every studied one fit their own sweeps."""
+    names = [params.profile, *params.studies]
+    unknown = [n for n in dict.fromkeys(names) if n not in params.profiles]
+    if unknown:
+        key = "profile" if unknown[0] == params.profile else "studies"
+        return [f"{key} {unknown[0]!r} is not one of profiles: {', '.join(params.profiles)}"]
+    out = []
+    for name in dict.fromkeys(names):
+        out += profile_problems(params, name)
+    return list(dict.fromkeys(out))
+
+
+def profile_problems(params: Params, name: str) -> list[str]:
+    """One profile against its own study (sizes, patches that divide its images, MAE masks)."""
     from pixbench.models.sizes import SIZES
 
-    out = []
-    unknown = [s for s in params.sweep.sizes if s not in SIZES]
+    prof, out = params.profiles[name], []
+    where = f" (profile {name}: set profiles.{name}.{{key}} to override)"
+    unknown = [s for s in prof.sweep.sizes if s not in SIZES]
     if unknown:
         out.append(f"sweep.sizes {unknown} are not known sizes ({', '.join(SIZES)})")
-    missing = [v for v in params.locality.run if v not in params.locality.variants]
+    missing = [v for v in prof.locality.run if v not in prof.locality.variants]
     if missing:
         out.append(f"locality.run {missing} are not in locality.variants")
-    size = params.active.data.image_size
-    for name, sw in (("sweep", params.sweep), ("mae_sweep", params.mae_sweep)):
+    size = prof.data.image_size
+    sweeps = [("sweep", prof.sweep)] + ([("mae_sweep", prof.mae_sweep)] if prof.mae_sweep
+                                        else [])
+    for key, sw in sweeps:
         bad = [p for p in sw.patches if p < 1 or size % p]
         if bad:
-            out.append(f"{name}.patches {bad} do not divide profiles.{params.profile}"
-                       f".data.image_size={size}")
-    one = [p for p in params.mae_sweep.patches if p >= 1 and size // p < 2]
-    if one:
-        out.append(f"mae_sweep.patches {one} leave a single token: nothing to mask")
-    out += _mask_problems(params, size)
-    gen = params.active.gen
-    if gen is not None:
-        out += gen_problems(gen, params.gen_sweep, f"profiles.{params.profile}.gen")
+            out.append(f"{key}.patches {bad} do not divide profiles.{name}.data.image_size="
+                       f"{size}" + where.format(key=f"{key}.patches"))
+    if prof.mae_sweep is not None and prof.mae is not None:
+        one = [p for p in prof.mae_sweep.patches if p >= 1 and size // p < 2]
+        if one:
+            out.append(f"mae_sweep.patches {one} leave a single token: nothing to mask"
+                       + where.format(key="mae_sweep.patches"))
+        out += _mask_problems(prof, name, size)
+    if prof.gen is not None:
+        out += gen_problems(prof.gen, prof.gen_sweep, f"profiles.{name}.gen")
     return out
 
 
-def _mask_problems(params: Params, size: int) -> list[str]:
+def _mask_problems(prof: Profile, name: str, size: int) -> list[str]:
     """The MAE mask ratio leaves a visible token at every patch size of the MAE sweep: refused
     here, naming the field, instead of by the model at the first step."""
-    ratio, sw = params.active.mae.pretrain.mask_ratio, params.mae_sweep
+    ratio, sw = prof.mae.pretrain.mask_ratio, prof.mae_sweep
     patches = {p for p in [*sw.patches, *(sw.alt_patches if sw.alt_target else [])]
                if p >= 1 and size % p == 0 and size // p >= 2}
     bad = sorted(p for p in patches if visible_tokens((size // p) ** 2, ratio) < 1)
     if not bad:
         return []
     tokens = ", ".join(str((size // p) ** 2) for p in bad)
-    return [f"profiles.{params.profile}.mae.pretrain.mask_ratio={ratio:g} leaves no visible "
+    return [f"profiles.{name}.mae.pretrain.mask_ratio={ratio:g} leaves no visible "
             f"token at mae_sweep patch sizes {bad} ({tokens} tokens)"]

@@ -84,6 +84,8 @@ def sweep_runs(params) -> list[SweepRun]:
         for size, patch, seed in _cells(sw.sizes, sw.patches, params.locality.seeds):
             add("classify", make_classify_spec(params, size=size, patch=patch, seed=seed,
                                                variant=variant), variant)
+    if ms is None or params.active.mae is None:  # a profile without an MAE track
+        return out + _gen_runs(params)
     for size, patch, seed in _cells(ms.sizes, ms.patches, ms.seeds):
         add("mae-pretrain", make_pretrain_spec(params, size=size, patch=patch, seed=seed))
         for task in ("mae-finetune", "mae-linprobe", "mae-scratch"):

@@ -3,14 +3,16 @@ guards resume and reuse, and the config sections every track shares (data, optim
 
 Hyper-parameter fields have no defaults on purpose: a default the params file cannot show is a
 hidden hyper-parameter, and DVC's stage `params:` cannot track it. Every value comes from
-params.yaml (a recipe, or a profile's override of it).
+params.yaml (a recipe, or a profile's override of it). The one exception is an optional switch
+added after runs were recorded (`omit_when_null`): its null is the behaviour from before it
+existed, so it defaults to null and a null one is left out of every dump, digests included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic import Strict as StrictType
@@ -39,17 +41,50 @@ def _safe_name(value: str) -> str:
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
 
+# The mark of a field that a dump leaves out while it is null (json_schema_extra, so the JSON
+# schema and `model_fields` show it). Such a field came after runs were recorded: a spec that
+# leaves it null must keep the digest it had before the field existed, or every finished run
+# would turn stale although nothing about it changed. Setting it changes the digest.
+OMIT_WHEN_NULL = {"digest": "omit-when-null"}
+
+
+def _is_none(value) -> bool:
+    return value is None
+
+
+def omit_when_null(*, description: str, **constraints) -> Any:
+    """A nullable field, null by default, left out of model_dump / model_dump_json (so of the
+    canonical JSON and the digest, in whichever model it is nested) while it is null."""
+    return Field(None, exclude_if=_is_none, json_schema_extra=dict(OMIT_WHEN_NULL),
+                 description=description, **constraints)
+
+
+def omitted_when_null(field) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("digest") == OMIT_WHEN_NULL["digest"]
+
 
 class Strict(BaseModel):
     """extra="forbid", frozen, and no inf/nan where a number is expected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        """A field marked by hand must also be left out and default to null: else the mark
+        promises an unchanged digest that the dump does not keep."""
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, field in cls.model_fields.items():
+            if omitted_when_null(field) and (field.default is not None
+                                             or field.exclude_if is not _is_none):
+                raise TypeError(f"{cls.__name__}.{name}: declare it with omit_when_null()")
+
 
 class Digestible(Strict):
     """A spec whose canonical JSON hashes to the digest that guards resume, reuse and reports."""
 
     def canonical(self) -> dict:
+        """The spec as JSON values; a null `omit_when_null` field, at any depth, is not in it."""
         return json.loads(self.model_dump_json())
 
     def digest(self) -> str:
@@ -85,9 +120,9 @@ class DataConfig(Strict):
                                "(listed under `skipped` in the cache manifest) instead of "
                                "refusing the tree.")
     channels: Literal["auto", 1, 3] = Field(
-        description="Channels the cache stores. auto: 1 when every image file of both splits "
-                    "is gray (by its mode), else 3 (gray images replicated). 1: colour is "
-                    "converted to luma (ITU-R 601-2, PIL's L); 3: gray is replicated.")
+        description="Channels the cache stores. auto: 1 when every image of both splits is "
+                    "gray (R = G = B in every pixel), else 3 (gray images replicated). 1: "
+                    "colour is converted to luma (ITU-R 601-2, PIL's L); 3: gray is replicated.")
     fast_decode: Float | None = Field(
         ge=1, description="ImageFolder JPEGs: null decodes every pixel (exact). A number g lets "
                           "libjpeg decode at 1/2, 1/4 or 1/8 scale (PIL draft) while the short "

@@ -1,6 +1,7 @@
-"""One image file -> its centre-cropped, resized uint8 pixels (the ImageFolder decode), and the
-channel conversion every source shares. Pure functions of a path: worker processes, SLURM
-array tasks and the generation track's JPEG streaming call them."""
+"""One image file -> its centre-cropped, resized uint8 pixels (the ImageFolder decode), gray
+detection from the pixels, and the channel conversion every source shares. Pure functions of
+a path or an array: worker processes, SLURM array tasks and the generation track's JPEG
+streaming call them."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def to_8bit(im):
 
 def _crop_resize(im, size: int) -> np.ndarray:
     """Centre-crop the largest square, then resize with antialiasing (ImageNet 28x28 in the
-    paper); (size, size, 1) for gray, (size, size, 3) for colour."""
+    paper); (size, size, 1) for an "L" image, (size, size, 3) for "RGB"."""
     from PIL import Image
 
     w, h = im.size
@@ -62,7 +63,9 @@ def _crop_resize(im, size: int) -> np.ndarray:
 
 def decode_file(job: tuple[str, int], draft: float | None = None
                 ) -> tuple[np.ndarray | None, str | None]:
-    """One image file -> (its crop, None), or (None, why it cannot be decoded).
+    """One image file -> (its crop, None), or (None, why it cannot be decoded). The crop is
+    (size, size, 1) when it is gray by its pixels (gray_if_equal: a gray file, or gray content
+    saved as RGB, as many digit and scan sets are), else (size, size, 3).
     draft (data.fast_decode): JPEGs decode at the smallest DCT scale whose short side stays
     >= draft * size; None decodes every pixel."""
     from PIL import Image
@@ -80,7 +83,7 @@ def decode_file(job: tuple[str, int], draft: float | None = None
                     side = math.ceil(draft * size)  # draft keeps both sides >= this
                     im.draft(None, (side, side))
                 im.load()  # decode every byte now: truncated or corrupt data fails here
-                return _crop_resize(to_8bit(im), size), None
+                return gray_if_equal(_crop_resize(to_8bit(im), size)), None
     except Exception as exc:  # noqa: BLE001 - whatever fails decoding a file is that file's fault
         return None, _why(exc)
 
@@ -108,3 +111,38 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     x = images.astype(np.uint32)
     y = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
     return y.astype(np.uint8)[..., None]
+
+
+# ------------------------------------------------------------------------ gray by content
+
+
+def gray_if_equal(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) whose every pixel has R == G == B -> its (H, W, 1) first channel; anything
+    else unchanged. Exact: to_channels' luma of three equal values is that value, so the one
+    channel is what `channels: 1` stores and replicating it gives the RGB pixels back. Checked
+    on the resized crop (what the cache holds): the resize treats each channel alike, so a
+    gray file stays gray."""
+    if img.shape[-1] == 3 and is_gray(img[None]):
+        return np.ascontiguousarray(img[..., :1])
+    return img
+
+
+def is_gray(images: np.ndarray, chunk: int = 1024) -> bool:
+    """Whether every pixel of uint8 (N, H, W, 1|3) images has R == G == B (1 channel: yes).
+    Row chunks: a comparison never needs a full-size temporary, and the first colour chunk
+    answers (CIFAR: its first one)."""
+    if images.shape[-1] == 1:
+        return True
+    for i in range(0, images.shape[0], chunk):
+        x = np.asarray(images[i:i + chunk])
+        if not ((x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all()):
+            return False
+    return True
+
+
+def by_pixels(n: int) -> dict:
+    """The manifest entry of a channel count the pixels decided (data.channels auto, all of
+    the n images gray). Only then: `channels: 1|3` stands in the manifest's spec, 3 under auto
+    means a colour pixel was found, and 1 by file mode (Fashion-MNIST) needs no entry, so the
+    caches of the built-in sources keep their manifest bytes."""
+    return {"channels_from": f"content: R=G=B in all {n} images"}

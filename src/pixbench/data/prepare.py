@@ -4,8 +4,11 @@ Order matters for "nothing lost, nothing escapes": every input is checked (the c
 is writable, ImageFolder structure and class lists) before anything is decoded, and the cache
 is written into a hidden dir next to it that is renamed into place (cache.py), by one prepare
 at a time (lock.py: a second prepare of the same cache waits for the first). ImageFolder
-trees stream through stream.py (memory independent of N, parallel, resumable, shardable);
-Fashion-MNIST and CIFAR are small arrays written by cache.write_cache.
+trees stream through stream.py (memory independent of N, parallel, resumable, shardable; as
+many decode workers as fit the node's memory: capped_workers);
+Fashion-MNIST and CIFAR are small arrays written by cache.write_cache. Either way data.channels
+auto stores one channel when every image of both splits is gray by its pixels (R == G == B),
+whatever its file mode, and says so in the manifest (`channels_from`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from pixbench.config import DataConfig
 from pixbench.data import cache, lock, stream
 from pixbench.data.cache import SPLITS, write_cache
+from pixbench.data.decode import by_pixels, is_gray
 from pixbench.data.decode import decode_file, to_8bit, to_channels  # noqa: F401 - public API
 from pixbench.data.sources import Split, load_cifar, load_fashion_mnist
 from pixbench.errors import UserError
@@ -76,6 +80,18 @@ def load_array_splits(cfg: DataConfig, data_root: Path | None) -> dict[str, Spli
     return splits
 
 
+def gray_by_pixels(cfg: DataConfig, splits: dict[str, Split]) -> tuple[dict[str, Split], dict]:
+    """data.channels auto on 3-channel arrays whose every pixel of both splits has R == G == B:
+    their first channel (exact, decode.gray_if_equal) and the manifest's record of why; else
+    the splits unchanged and no record (CIFAR has colour; Fashion-MNIST is 1 channel already)."""
+    if cfg.channels != "auto" or not all(sp.images.shape[3] == 3 and is_gray(sp.images)
+                                         for sp in splits.values()):
+        return splits, {}
+    gray = {s: dataclasses.replace(sp, images=np.ascontiguousarray(sp.images[..., :1]))
+            for s, sp in splits.items()}
+    return gray, by_pixels(sum(len(sp.images) for sp in gray.values()))
+
+
 def check_writable(out_dir: Path) -> None:
     """Before any decoding: the cache's nearest existing ancestor is a writable folder."""
     p = out_dir.parent
@@ -118,15 +134,94 @@ def refusal_cleans(out_dir: Path):
         raise
 
 
+# What a decode worker holds, for the --mem-gb cap (issue 26). Measured on this project's 2-core
+# AMD EPYC VM (bench/test_scale_prepare.py, per-process RSS sampled every 20 ms, 400x350 JPEGs):
+# 47 MiB at 28px (interpreter, numpy, PIL; pages shared with the parent counted), 80 MiB at
+# 256px where a chunk is 32 MiB (195 MiB before the histogram stopped copying it to int64).
+# The estimate adds a whole chunk at its largest and room for one big source image decoded
+# (32 MiB: ~5 Mpx RGB plus its crop), so it overstates both measurements.
+WORKER_BASE = 48 << 20
+DECODE_SCRATCH = 32 << 20
+MEM_FRACTION = 0.75  # of the node's (or job's) memory for the decode workers; the rest: the
+# prepare process itself (its plan state), the page cache, whatever else runs there
+
+
+def worker_peak_bytes(image_size: int, alloc: int) -> int:
+    """Estimated peak RSS of one decode worker at this image size (chunks at their cap)."""
+    chunk = stream.chunk_len(image_size, alloc)
+    return WORKER_BASE + chunk * image_size * image_size * alloc + DECODE_SCRATCH
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_limit() -> int | None:
+    """cgroup v2 memory.max of this process's group (a container's or SLURM job's limit)."""
+    try:
+        rel = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[1]
+        raw = (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.max").read_text().strip()
+        return int(raw) if raw.isdigit() else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def node_memory() -> tuple[int, str]:
+    """The memory this prepare may use and where that figure comes from: the smallest of the
+    SLURM job's --mem (SLURM_MEM_PER_NODE, or SLURM_MEM_PER_CPU x this task's cores; MiB),
+    its cgroup's memory.max and the node's MemAvailable."""
+    found = []
+    env = os.environ
+    if env.get("SLURM_MEM_PER_NODE", "").isdigit() and int(env["SLURM_MEM_PER_NODE"]) > 0:
+        found.append((int(env["SLURM_MEM_PER_NODE"]) << 20, "the SLURM job's --mem"))
+    elif env.get("SLURM_MEM_PER_CPU", "").isdigit():
+        cpus = len(os.sched_getaffinity(0))
+        found.append((int(env["SLURM_MEM_PER_CPU"]) * cpus << 20, "the SLURM job's --mem-per-cpu"))
+    for value, where in ((_cgroup_limit(), "cgroup memory.max"),
+                         (_meminfo_available(), "MemAvailable")):
+        if value:
+            found.append((value, where))
+    return min(found) if found else (8 << 30, "no memory figure found: 8 GiB assumed")
+
+
+def capped_workers(requested: int | None, image_size: int, alloc: int,
+                   mem_gb: float | None = None) -> int:
+    """Decode processes: `requested` (default: every usable core), at most as many as fit the
+    memory budget (`mem_gb` GiB, default MEM_FRACTION of node_memory()) at
+    worker_peak_bytes each; a note on stderr when the budget lowers the count. Where and how
+    a run goes only: the cache's bytes do not depend on it."""
+    want = requested or stream.default_workers()
+    if mem_gb is not None:
+        budget, where = int(mem_gb * (1 << 30)), "--mem-gb"
+    else:
+        total, source = node_memory()
+        budget, where = int(MEM_FRACTION * total), f"{MEM_FRACTION:.0%} of {source}"
+    per = worker_peak_bytes(image_size, alloc)
+    fit = max(1, budget // per)
+    if fit < want:
+        print(f"note: {fit} decode workers, not {want}: a memory budget of "
+              f"{budget / (1 << 30):.2f} GiB ({where}) at ~{per >> 20} MiB per worker "
+              f"({image_size}px)", file=sys.stderr, flush=True)
+    return int(min(want, fit))
+
+
 def prepare_folder(cfg, out_dir: Path, root: Path, held: list, workers: int | None = None,
-                   progress: bool = False) -> dict:
-    """Plan, decode every chunk here with `workers` processes, finish; resumes a killed run.
-    `held`: refusal_cleans' list, which gets the work dir."""
+                   progress: bool = False, mem_gb: float | None = None) -> dict:
+    """Plan, decode every chunk here with `workers` processes (capped by the memory budget:
+    capped_workers), finish; resumes a killed run. `held`: refusal_cleans' list, which gets
+    the work dir."""
+    workers = capped_workers(workers, cfg.image_size, 1 if cfg.channels == 1 else 3, mem_gb)
     with contextlib.ExitStack() as stack:
         pool = stream.start_pool(workers)  # forked before the file list exists
         if pool is not None:
             stack.enter_context(pool)
-        work = stream.make_plan(cfg, out_dir, root)
+        work = stream.make_plan(cfg, out_dir, root, parts=workers)
         held.append(work)
         stream.decode_chunks(work, None, workers, progress, pool=pool)
         return stream.finish(work)
@@ -155,10 +250,11 @@ def made_meanwhile(cfg: DataConfig, out_dir: Path, before: tuple | None) -> dict
 
 
 def prepare(cfg: DataConfig, out_dir: Path, data_root: Path | None, workers: int | None = None,
-            progress: bool = False) -> dict:
+            progress: bool = False, mem_gb: float | None = None) -> dict:
     """Build the cache for one profile's data section; returns the manifest. workers: decode
-    processes for ImageFolder trees (default: every usable core). Holds the cache's prepare
-    lock (lock.py): a prepare of the same cache running elsewhere is waited for."""
+    processes for ImageFolder trees (default: every usable core), at most as many as fit
+    `mem_gb` (capped_workers). Holds the cache's prepare lock (lock.py): a prepare of the
+    same cache running elsewhere is waited for."""
     out_dir = Path(out_dir)
     check_writable(out_dir)
     root = folder_root(cfg, data_root) if cfg.source == "imagefolder" else None
@@ -167,17 +263,18 @@ def prepare(cfg: DataConfig, out_dir: Path, data_root: Path | None, workers: int
         if waited and (done := made_meanwhile(cfg, out_dir, before)) is not None:
             return done
         if root is not None:
-            return prepare_folder(cfg, out_dir, root, held, workers, progress)
-        splits = load_array_splits(cfg, data_root)
-        meta = {"source": cfg.source, "spec": cfg.model_dump()}
+            return prepare_folder(cfg, out_dir, root, held, workers, progress, mem_gb)
+        splits, decided = gray_by_pixels(cfg, load_array_splits(cfg, data_root))
+        meta = {"source": cfg.source, "spec": cfg.model_dump(), **decided}
         return write_cache(out_dir, {s: (sp.images, sp.labels) for s, sp in splits.items()},
                            list(splits["train"].classes), meta)
 
 
 def run(spec, paths, *, stale: str = "error", device: str = "auto", progress: bool = True,
-        workers: int | None = None) -> dict:
+        workers: int | None = None, mem_gb: float | None = None) -> dict:
     """The `prepare` task (a PrepareSpec): the cache of one track's images."""
-    manifest = prepare(spec.data, cache_path(spec, paths), paths.data_root, workers, progress)
+    manifest = prepare(spec.data, cache_path(spec, paths), paths.data_root, workers, progress,
+                       mem_gb)
     return {"run_id": spec.run_id, "path": str(cache_path(spec, paths)),
             "counts": manifest["counts"], "image_size": manifest["image_size"],
             "channels": manifest["channels"], "num_classes": manifest["num_classes"]}

@@ -291,29 +291,41 @@ def _check_root(root: Path) -> None:
                         "tree with train/ and val/)")
 
 
-def scan_image_folder(root: Path, split: str) -> FolderSplit:
-    """`root/{split}/<class>/**/<image>`: classes are the visible sub-folders, each must hold
-    at least one image file, and class names must be valid UTF-8 (they go into manifests and
-    reports)."""
+def split_folder(root: Path, split: str) -> Path:
+    """`root/split`, refused (one line) when the root or the split is missing."""
     _check_root(root)
     split_dir = root / split
     if not split_dir.is_dir():
         raise UserError(f"ImageFolder split not found: {shown(split_dir)} (expected "
                         f"{shown(root)}/train and {shown(root)}/val)")
+    return split_dir
+
+
+def check_classes(split_dir: Path, counts: dict[str, int]) -> None:
+    """The class folders of a split, {name: images}: at least one, names valid UTF-8 (they go
+    into manifests and reports), none empty."""
+    if not counts:
+        raise UserError(f"{shown(split_dir)}: no class folders")
+    bad = [n for n in counts if shown(n) != n]
+    if bad:
+        raise UserError(f"{shown(split_dir)}: class folder names that are not valid UTF-8: "
+                        f"{listed(bad)}")
+    empty = [c for c, n in counts.items() if not n]
+    if empty:  # a class without images could be neither learned nor scored: never silently
+        raise UserError(f"{shown(split_dir)}: class folders without image files: {listed(empty)}")
+
+
+def scan_image_folder(root: Path, split: str) -> FolderSplit:
+    """`root/{split}/<class>/**/<image>`: classes are the visible sub-folders, each must hold
+    at least one image file, and class names must be valid UTF-8 (they go into manifests and
+    reports)."""
+    split_dir = split_folder(root, split)
     try:
         dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         per_class = {d.name: _class_files(d) for d in dirs}
     except OSError as exc:
         raise read_error(Path(exc.filename or split_dir), exc) from None
-    if not per_class:
-        raise UserError(f"{shown(split_dir)}: no class folders")
-    bad = [n for n in per_class if shown(n) != n]
-    if bad:
-        raise UserError(f"{shown(split_dir)}: class folder names that are not valid UTF-8: "
-                        f"{listed(bad)}")
-    empty = [c for c, files in per_class.items() if not files]
-    if empty:  # a class without images could be neither learned nor scored: never silently
-        raise UserError(f"{shown(split_dir)}: class folders without image files: {listed(empty)}")
+    check_classes(split_dir, {c: len(files) for c, files in per_class.items()})
     classes = tuple(per_class)
     files = tuple(f for c in classes for f in per_class[c])
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(per_class[c]) for c in classes])

@@ -1,20 +1,23 @@
 """Streaming ImageFolder prepare: memory independent of N, parallel, resumable, shardable.
 
-plan: scan both splits; create `.{cache}.work-{digest}/` (digest of spec, root and file list)
-with the image arrays preallocated as .npy files (every block reserved: npyfile.py), the labels
-and plan.json. decode: each chunk (CHUNK_BYTES of images) by one worker: decode, pwrite its
+plan: scan both splits, class folder by class folder, into `.{cache}.work-{digest}/` (digest
+of spec, root and file list): the paths, their index, the labels and plan.json (workdir.py).
+decode: the first decode of a plan creates the image arrays (.npy; the blocks of the rows it
+decodes reserved: npyfile.py); each chunk (chunk_len images) by one worker: decode, pwrite its
 rows, fsync, then done/{split}-{i}.json (histogram, unreadable files); nothing decoded goes
 through a pipe, a marked chunk is never redone, so a killed run (or requeued array task) ends
 byte-identical. finish: exact summed histograms, unreadable files left out on request, one
 channel when all gray, each file hashed once, the manifest, the swap. A refusal (bad input,
 disk full) removes the work dir; only an interruption (kill, Ctrl-C, time limit) leaves it
 to resume from.
+Gray is by the pixels (decode.gray_if_equal): a chunk's marker says whether all its images had
+R == G == B, finish ANDs the markers of every chunk of both splits: a function of the file
+list alone, whoever decoded which chunk, with no image held (3-channel rows, cut to one).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -25,23 +28,33 @@ from pathlib import Path
 
 import numpy as np
 
-from pixbench.data import cache, npyfile, stats
-from pixbench.data.decode import decode_file, to_channels
-from pixbench.data.sources import check_same_classes, listed, scan_image_folder, shown
+from pixbench.data import cache, npyfile, stats, workdir
+from pixbench.data.decode import by_pixels, decode_file, to_channels
+from pixbench.data.sources import check_same_classes, listed, shown
+from pixbench.data.workdir import (DONE, PLAN, PLAN_VERSION, cache_of, chunk_ids,  # noqa: F401
+                                   chunk_names, is_done, missing, read_plan, shard, work_dir,
+                                   writing)
 from pixbench.errors import UserError
 from pixbench.procs import worker_dies_with
 from pixbench.runio import atomic_write_bytes
 
-CHUNK_BYTES = 32 << 20  # decoded bytes per chunk (see chunk_len)
-PLAN = "plan.json"
-DONE = "done"
-PLAN_VERSION = 1
+CHUNK_BYTES = 32 << 20  # decoded bytes per chunk, at most (see chunk_len)
+CHUNKS_PER_WORKER = 4  # at least, where N allows: a slow chunk holds up the end by <= 1/4
 
 
-def chunk_len(image_size: int, channels: int) -> int:
-    """Images per chunk: ~CHUNK_BYTES of output, 16..4096 images (small chunks keep a worker's
-    memory bounded at 256px; large ones keep per-chunk overhead small at 28px)."""
-    return int(max(16, min(4096, CHUNK_BYTES // (image_size * image_size * channels))))
+def chunk_len(image_size: int, channels: int, n_images: int = 0, parts: int = 1) -> int:
+    """Images per chunk: at most ~CHUNK_BYTES of output and 4096 images (a worker's memory is
+    one chunk: bounded at 256px; per-chunk overhead small at 28px), at least 16, and small
+    enough that each of `parts` workers (shards x workers per shard) gets CHUNKS_PER_WORKER
+    chunks of `n_images`: at 28px, 4096-image chunks made 326 chunks of ImageNet-1k, which
+    left >= 186 of 16 x 32 workers idle and resumed in steps of 4096 (issue 26). Where the
+    rows go does not depend on it (chunk i is rows i*chunk..): the cache's bytes never do."""
+    cap = int(max(16, min(4096, CHUNK_BYTES // (image_size * image_size * channels))))
+    if n_images <= 0:
+        return cap
+    # floor, not ceil: then N / chunk >= CHUNKS_PER_WORKER x parts (ceil gave 8167 chunks for
+    # the 8192 of 16 x 128 workers at 28px)
+    return max(16, min(cap, n_images // (CHUNKS_PER_WORKER * max(1, parts))))
 
 
 def default_workers() -> int:
@@ -49,36 +62,7 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def work_dir(out_dir: Path, digest: str) -> Path:
-    return out_dir.with_name(f".{out_dir.name}.work-{digest}")
-
-
-def cache_of(work: Path) -> Path:
-    """The cache a work dir builds (work_dir's inverse)."""
-    return work.with_name(work.name[1:].rsplit(".work-", 1)[0])
-
-
 # ------------------------------------------------------------------------------------- plan
-
-
-def _digest(cfg, root: Path, scans: dict, chunk: int) -> str:
-    h = hashlib.sha256()
-    head = {"v": PLAN_VERSION, "spec": cfg.model_dump(), "root": str(root), "chunk": chunk}
-    h.update(json.dumps(head, sort_keys=True).encode())
-    for s, fs in scans.items():
-        h.update(f"\0{s}\0{len(fs.classes)}\0".encode())
-        h.update("\0".join(fs.files).encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def writing(path: Path):
-    """An OSError while writing `path` (as named in the cache) is a one-line UserError."""
-    try:
-        yield
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the dataset cache ({cache.reason(exc)}); "
-                        "nothing was changed") from None
 
 
 def _preallocate(path: Path, shape: tuple) -> int:
@@ -88,33 +72,33 @@ def _preallocate(path: Path, shape: tuple) -> int:
     return npyfile.create(path, np.uint8, shape)
 
 
-def make_plan(cfg, out_dir: Path, root: Path) -> Path:
+def make_plan(cfg, out_dir: Path, root: Path, parts: int = 1) -> Path:
     """The work dir of this prepare: reused when it exists (resume), else created whole in a
-    temp dir and renamed into place, so a half-made work dir never looks like a plan."""
-    scans = {s: scan_image_folder(root, s) for s in cache.SPLITS}
-    check_same_classes(scans["train"], scans["val"])  # before hours of decoding
-    alloc = 1 if cfg.channels == 1 else 3  # auto: 3 until every image turns out gray
-    chunk = chunk_len(cfg.image_size, alloc)
-    work = work_dir(out_dir, _digest(cfg, root, scans, chunk))
-    if (work / PLAN).is_file():
-        return work
-    _clean_other_work_dirs(out_dir, work)
+    temp dir and renamed into place, so a half-made work dir never looks like a plan.
+    `parts`: the decode workers of all shards together (sets the chunk size: chunk_len).
+    Streams the scan into the plan's files (workdir.py): memory independent of N."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{cache.host_tag()}-"
                                       f"{os.getpid()}-", dir=out_dir.parent))
     try:
+        h, splits, n = workdir.digest_head(cfg, root), {}, {}
+        for s in cache.SPLITS:
+            with writing(out_dir):  # the plan's files: paths, their index, labels
+                splits[s], n[s] = workdir.scan_split(root, s, tmp, h)
+        check_same_classes(splits["train"], splits["val"])  # before hours of decoding
+        work = work_dir(out_dir, h.hexdigest()[:16])
+        if (work / PLAN).is_file():
+            return work
+        _clean_other_work_dirs(out_dir, work)
+        alloc = 1 if cfg.channels == 1 else 3  # auto: 3 until every image turns out gray
         plan = {"version": PLAN_VERSION, "source": cfg.source, "spec": cfg.model_dump(),
-                "out_dir": str(out_dir), "classes": list(scans["train"].classes),
-                "image_size": cfg.image_size, "alloc": alloc, "chunk": chunk, "splits": {}}
-        for s, fs in scans.items():
-            shape = (len(fs.files), cfg.image_size, cfg.image_size, alloc)
-            with writing(out_dir / f"{s}_images.npy"):
-                offset = _preallocate(tmp / f"{s}_images.npy", shape)
-            with writing(out_dir / f"{s}_labels.npy"):
-                np.save(tmp / f"{s}_labels.npy", fs.labels)
-            plan["splits"][s] = {"files": list(fs.files), "shape": list(shape), "offset": offset}
+                "out_dir": str(out_dir), "classes": list(splits["train"].classes),
+                "image_size": cfg.image_size, "alloc": alloc,
+                "chunk": chunk_len(cfg.image_size, alloc, sum(n.values()), parts),
+                "splits": {s: {"shape": [n[s], cfg.image_size, cfg.image_size, alloc]}
+                           for s in cache.SPLITS}}
         (tmp / DONE).mkdir()
-        blob = json.dumps(plan, ensure_ascii=False).encode("utf-8", "surrogateescape")
-        atomic_write_bytes(tmp / PLAN, blob)
+        atomic_write_bytes(tmp / PLAN, json.dumps(plan, ensure_ascii=False).encode(
+            "utf-8", "surrogateescape"))
         os.chmod(tmp, 0o755)
         tmp.rename(work)
     finally:
@@ -130,30 +114,6 @@ def _clean_other_work_dirs(out_dir: Path, keep: Path) -> None:
                 and time.time() - p.stat().st_mtime > cache.STALE_AFTER_S:
             shutil.rmtree(p, ignore_errors=True)
             print(f"note: removed {p} (an older prepare's work dir)", file=sys.stderr)
-
-
-def read_plan(work: Path) -> dict:
-    return json.loads((work / PLAN).read_bytes().decode("utf-8", "surrogateescape"))
-
-
-def chunk_ids(plan: dict) -> list[tuple[str, int]]:
-    """Every chunk of the prepare, train then val: (split, index)."""
-    n = {s: -(-sp["shape"][0] // plan["chunk"]) for s, sp in plan["splits"].items()}
-    return [(s, i) for s in cache.SPLITS for i in range(n[s])]
-
-
-def shard(ids: list, k: int, shards: int) -> list:
-    """The k-th of `shards` contiguous, disjoint, near-equal ranges of chunk ids."""
-    lo, hi = len(ids) * k // shards, len(ids) * (k + 1) // shards
-    return ids[lo:hi]
-
-
-def _marker(work: Path, split: str, i: int) -> Path:
-    return work / DONE / f"{split}-{i:07d}.json"
-
-
-def is_done(work: Path, split: str, i: int) -> bool:
-    return _marker(work, split, i).is_file()
 
 
 # ----------------------------------------------------------------------------------- decode
@@ -172,34 +132,35 @@ def decode_chunk(job: tuple) -> int:
             ok[j] = False
             bad.append([j, why])
             continue
-        gray = gray and img.shape[2] == 1
+        gray = gray and img.shape[2] == 1  # decode_file: 1 channel iff R == G == B everywhere
         out[j] = to_channels(img[None], 1)[0] if want == 1 else img  # gray broadcasts onto 3
     # pwrite, not a memory map (a full disk is an OSError, never SIGBUS); fsync: the rows are
     # on disk before the marker says so
     npyfile.write_rows(Path(work) / f"{split}_images.npy", offset, i * chunk, out, sync=True)
-    marker = {"n": n, "gray": gray, "bad": bad, "hist": stats.channel_hist(out[ok]).tolist()}
-    atomic_write_bytes(_marker(Path(work), split, i), json.dumps(marker).encode())
+    # keep=ok, not out[ok]: that copied the whole chunk (32 MiB at 256px) once more
+    marker = {"n": n, "gray": gray, "bad": bad, "hist": stats.channel_hist(out, ok).tolist()}
+    atomic_write_bytes(workdir.marker(Path(work), split, i), json.dumps(marker).encode())
     return n
 
 
-def _jobs(work: Path, plan: dict, ids: list[tuple[str, int]]):
+def _jobs(work: Path, plan: dict, ids: list[tuple[str, int]], offsets: dict):
     """The decode_chunk jobs of the chunks in `ids` that have no done marker yet (lazily: the
-    pool takes them as workers free up)."""
+    pool takes them as workers free up; each reads its chunk's paths from the plan)."""
     c, spec = plan["chunk"], plan["spec"]
     for s, i in ids:
         if is_done(work, s, i):
             continue
-        sp = plan["splits"][s]
-        yield (str(work), s, i, c, sp["files"][i * c:(i + 1) * c], plan["image_size"],
-               plan["alloc"], spec["channels"], spec["fast_decode"], sp["offset"])
+        files = workdir.paths(work, s, i * c, min(plan["splits"][s]["shape"][0], (i + 1) * c))
+        yield (str(work), s, i, c, files, plan["image_size"], plan["alloc"], spec["channels"],
+               spec["fast_decode"], offsets[s])
 
 
 def start_pool(workers: int | None):
     """A process pool with every worker already forked (None for one worker: decode here).
-    Start it before the plan (a list of every file) is read: forked workers then share a slim
-    parent instead of each holding a copy-on-write view of that list. Each worker is killed
-    when this process dies (SIGKILL, SIGTERM, an OOM kill): a forked worker holds both ends of
-    the pool's pipes and would otherwise wait on them forever."""
+    Start it before the plan is made or read: forked workers then share a slim parent. Each
+    worker is killed when this process dies (SIGKILL, SIGTERM, an OOM kill: the initializer's
+    PR_SET_PDEATHSIG, procs.worker_dies_with; tests/test_prepare_orphans.py): a forked worker
+    holds both ends of the pool's pipes and would otherwise wait on them forever."""
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or default_workers()
@@ -224,7 +185,7 @@ def decode_chunks(work: Path, ids: list[tuple[str, int]] | None = None,
         plan = read_plan(work)
         ids = chunk_ids(plan) if ids is None else ids
         progress = progress and sys.stderr.isatty()
-        jobs, done = _jobs(work, plan, ids), 0
+        jobs, done = _jobs(work, plan, ids, workdir.outputs(work, plan, ids)), 0
         # keep 2 chunks per worker in flight (map() would submit every job at once)
         results = map(decode_chunk, jobs) if pool is None else \
             _bounded(pool, jobs, 2 * pool._max_workers)  # noqa: SLF001 - the pool's own size
@@ -264,35 +225,45 @@ class Incomplete(UserError):
 
 
 def _markers(work: Path, plan: dict) -> dict:
+    """The done markers tallied as they are read: unreadable files by split (row, why), gray
+    (all chunks), the training split's summed histogram. Not one (C, 256) array per chunk
+    kept: 47 MiB at ImageNet-1k's 7.8k 256px chunks (benchsuite.plan_state)."""
     ids = chunk_ids(plan)
-    missing = [(s, i) for s, i in ids if not is_done(work, s, i)]
-    if missing:
-        raise Incomplete(f"{work}: {len(missing)} of {len(ids)} chunks are not decoded (a shard "
-                        "failed or was cancelled); re-run `pixbench data prepare` to finish them")
-    marks = {}
-    for s, i in ids:
-        m = json.loads(_marker(work, s, i).read_text())
-        m["hist"] = np.asarray(m["hist"], dtype=np.int64)  # (C, 256): 6 KiB, not 25 of ints
-        marks[s, i] = m
-    return marks
+    gone = missing(work, ids)
+    if gone:
+        raise Incomplete(f"{work}: {len(gone)} of {len(ids)} chunks are not decoded "
+                         f"({chunk_names(gone)}: a shard failed or was cancelled); re-run "
+                         "`pixbench data prepare` to finish them")
+    c = plan["chunk"]
+    out = {"bad": {s: [] for s in cache.SPLITS}, "gray": True, "hist": 0}
+    for s, i in ids:  # train then val, in row order
+        m = json.loads(workdir.marker(work, s, i).read_text())
+        out["bad"][s] += [(i * c + j, why) for j, why in m["bad"]]
+        out["gray"] = out["gray"] and m["gray"]
+        if s == "train":  # exact integers: any order sums to the same
+            out["hist"] = out["hist"] + np.asarray(m["hist"], dtype=np.int64)
+    return out
 
 
-def _check_bad(plan: dict, bad: dict, labels: dict) -> None:
+def _path(work: Path, split: str, k: int) -> str:
+    return workdir.paths(work, split, k, k + 1)[0]
+
+
+def _check_bad(work: Path, plan: dict, bad: dict, labels: dict) -> None:
     """Unreadable files: refused, naming the first, unless data.skip_corrupt; a class left
     without images is refused either way."""
-    spec, splits = plan["spec"], plan["splits"]
     flat = [(s, k, why) for s in cache.SPLITS for k, why in bad[s]]
-    if flat and not spec["skip_corrupt"]:
+    if flat and not plan["spec"]["skip_corrupt"]:
         s, k, why = flat[0]
         more = f"; {len(flat) - 1} more unreadable image files" if len(flat) > 1 else ""
-        raise UserError(f"{shown(splits[s]['files'][k])}: cannot decode image ({why}){more}; "
+        raise UserError(f"{shown(_path(work, s, k))}: cannot decode image ({why}){more}; "
                         "set data.skip_corrupt: true to leave them out")
     for s in cache.SPLITS:
         keep = np.ones(len(labels[s]), dtype=bool)
         keep[[k for k, _ in bad[s]]] = False
         emptied = [c for i, c in enumerate(plan["classes"]) if not (labels[s][keep] == i).any()]
         if emptied:
-            raise UserError(f"{shown(Path(splits[s]['files'][0]).parents[1])}: no readable "
+            raise UserError(f"{shown(Path(_path(work, s, 0)).parents[1])}: no readable "
                             f"images left in class folders {listed(emptied)}")
 
 
@@ -349,15 +320,13 @@ def _rebatch(blocks, step: int):
 def finish(work: Path) -> dict:
     """Merge: statistics, unreadable files, channels, hashes, manifest, swap in."""
     plan = read_plan(work)
-    out_dir, spec, c = Path(plan["out_dir"]), plan["spec"], plan["chunk"]
-    marks = _markers(work, plan)
+    out_dir, spec = Path(plan["out_dir"]), plan["spec"]
+    tally = _markers(work, plan)
     labels = {s: np.load(work / f"{s}_labels.npy") for s in cache.SPLITS}
-    bad = {s: [(i * c + j, why) for (s2, i), m in sorted(marks.items()) if s2 == s
-               for j, why in m["bad"]] for s in cache.SPLITS}
-    _check_bad(plan, bad, labels)
-    gray = all(m["gray"] for m in marks.values())
-    channels = 1 if spec["channels"] == "auto" and gray else plan["alloc"]
-    hist = sum(m["hist"] for (s, _), m in marks.items() if s == "train")[:channels]
+    bad = tally["bad"]
+    _check_bad(work, plan, bad, labels)
+    channels = 1 if spec["channels"] == "auto" and tally["gray"] else plan["alloc"]
+    hist = tally["hist"][:channels]
     shapes, skipped = {}, {}
     for s in cache.SPLITS:
         drop = [k for k, _ in bad[s]]
@@ -366,7 +335,7 @@ def finish(work: Path) -> dict:
         with writing(out_dir / f"{s}_images.npy"):
             shapes[s] = _compact(work, s, plan["splits"][s]["shape"], drop, channels)
         if drop:  # nothing lost silently: what was left out is on record
-            skipped[s] = [shown(plan["splits"][s]["files"][k]) for k in drop]
+            skipped[s] = [shown(_path(work, s, k)) for k in drop]
     files = {}
     for s in cache.SPLITS:
         for kind, shape, dt in (("images", shapes[s], "uint8"), ("labels", shapes[s][:1], "int64")):
@@ -375,12 +344,17 @@ def finish(work: Path) -> dict:
                 _fsync(path)
                 files[path.name] = cache.file_info(path, shape, dt)
     meta = {"source": spec["source"], "spec": spec, **({"skipped": skipped} if skipped else {})}
+    if spec["channels"] == "auto" and channels == 1:  # an L-mode tree too: its pixels are gray
+        meta.update(by_pixels(sum(sh[0] for sh in shapes.values())))
     manifest = cache.build_manifest(shapes, plan["classes"], meta, files, hist)
     with writing(out_dir / cache.MANIFEST):
         atomic_write_bytes(work / cache.MANIFEST,
                            (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     shutil.rmtree(work / DONE)
     (work / PLAN).unlink()
+    for s in cache.SPLITS:  # the plan's paths: not part of the cache
+        for name in (f"{s}_paths.bin", f"{s}_paths.idx"):
+            (work / name).unlink(missing_ok=True)
     cache.swap_in(work, out_dir)
     return manifest
 

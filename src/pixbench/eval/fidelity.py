@@ -13,6 +13,11 @@ Two feature extractors, never mixed (every result key carries the extractor's su
   in it would run), so it is registered here as "pixbench-inception-v3-compat": the same net,
   whose weights this module reads with weights_only=True and hands over as plain tensors.
 
+Generated sets may be scored from their features: `sample_features` extracts what
+`fidelity_metrics` would from a set of images, so that data-parallel ranks extract their own
+samples' features and rank 0 scores the concatenation (tasks/gen/sampling.py), never holding
+every image.
+
 Reference features are cached by eval/tfmetrics.py (an .npz read without pickle; torch-fidelity's
 own cache, which torch.loads its .pt files with weights_only=False, stays off), keyed by the
 reference name, its size and a digest of the extractor weights: torch-fidelity keys only on the
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from pixbench.errors import UserError
 from pixbench.eval.inception import (INCEPTION_ENV, INCEPTION_FILE,  # noqa: F401 (re-exported)
                                      inception_weights)
-from pixbench.eval.tfmetrics import calculate
+from pixbench.eval.tfmetrics import calculate, generated_features
 from pixbench.models.featnet import FeatNet
 from pixbench.runio import load_checkpoint, save_checkpoint
 
@@ -226,48 +231,78 @@ def weights_digest(weights_path: Path, extractor: str) -> str:
                               extractor)[0]
 
 
-def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, *, extractor: Extractor,
-                     weights_path: Path, ref_cache_name: str | None, cache_root: Path | None,
-                     kid_subset_size: int | None = None, prc_neighborhood: int = 3,
-                     isc: bool = True, fid: bool = True, kid: bool = True, prc: bool = True,
-                     batch_size: int | None = None) -> dict[str, float]:
-    """FID/IS/KID/PRC of generated vs reference, uint8 (N, C, H, W) and (M, C, H, W), C in 1|3.
-
-    Keys (extractor e = featnet | inception): fid_e, isc_e_mean, isc_e_std, kid_e_mean,
-    kid_e_std, precision_e, recall_e. IS is computed on `generated` only; for Inception weights
-    without logits it is left out. Reference features/statistics are cached under cache_root when
-    both ref_cache_name and cache_root are given. kid_subset_size defaults to min(1000, N, M)."""
+def fidelity_kwargs(extractor: Extractor, weights_path: Path, *, isc: bool = True,
+                    fid: bool = True, kid: bool = True, prc: bool = True,
+                    kid_subset_size: int = 2, prc_neighborhood: int = 3,
+                    batch_size: int | None = None) -> tuple[dict, str]:
+    """torch-fidelity's kwargs for the metrics asked (IS only where the weights have logits),
+    with the extractor registered, and the weights' digest; every metric off: ({}, digest)."""
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise UserError(f"{extractor} weights not found: {weights_path}")
-    n, m = len(generated), len(reference)
-    if kid_subset_size is None:
-        kid_subset_size = min(1000, n, m)
-    if kid and not 1 < kid_subset_size <= min(n, m):
-        raise UserError(f"kid_subset_size={kid_subset_size} must be in 2..{min(n, m)} "
-                        f"(samples: generated {n}, reference {m})")
     st = weights_path.stat()
     digest, has_logits = _digest_and_logits(str(weights_path.resolve()), st.st_mtime_ns,
                                             st.st_size, extractor)
     isc = isc and has_logits
     if not (isc or fid or kid or prc):
-        return {}
+        return {}, digest
     if extractor == "featnet":
         register_featnet_extractor()
     else:
         register_inception_extractor()
     name = FEATNET_NAME if extractor == "featnet" else INCEPTION_NAME
-    kwargs = dict(
+    return dict(
         isc=isc, fid=fid, kid=kid, prc=prc, feature_extractor=name,
         feature_extractor_weights_path=str(weights_path),
         batch_size=batch_size or (500 if extractor == "featnet" else 32),
         kid_subset_size=kid_subset_size, prc_neighborhood=prc_neighborhood,
         cuda=torch.cuda.is_available(), verbose=False,
         save_cpu_ram=True,  # in-memory tensors: DataLoader worker processes only cost time
-    )
+    ), digest
+
+
+def sample_features(images: torch.Tensor, *, extractor: Extractor, weights_path: Path,
+                    isc: bool = True, fid: bool = True, kid: bool = True, prc: bool = True,
+                    batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    """{layer: (N, D)} of uint8 (N, C, H, W) generated images: what `fidelity_metrics` with the
+    same extractor, metrics and batch size extracts from them, for a rank to score its own
+    samples and hand rank 0 features instead of images."""
+    kw, _ = fidelity_kwargs(extractor, weights_path, isc=isc, fid=fid, kid=kid, prc=prc,
+                            batch_size=batch_size)
+    return generated_features(images, kw) if kw else {}
+
+
+def fidelity_metrics(generated: torch.Tensor | dict[str, torch.Tensor], reference: torch.Tensor,
+                     *, extractor: Extractor, weights_path: Path, ref_cache_name: str | None,
+                     cache_root: Path | None, kid_subset_size: int | None = None,
+                     prc_neighborhood: int = 3, isc: bool = True, fid: bool = True,
+                     kid: bool = True, prc: bool = True,
+                     batch_size: int | None = None) -> dict[str, float]:
+    """FID/IS/KID/PRC of generated vs reference, uint8 (N, C, H, W) and (M, C, H, W), C in 1|3;
+    `generated` may be its features instead (`sample_features`, same settings, rows in order).
+
+    Keys (extractor e = featnet | inception): fid_e, isc_e_mean, isc_e_std, kid_e_mean,
+    kid_e_std, precision_e, recall_e. IS is computed on `generated` only; for Inception weights
+    without logits it is left out. Reference features/statistics are cached under cache_root when
+    both ref_cache_name and cache_root are given. kid_subset_size defaults to min(1000, N, M)."""
+    if not Path(weights_path).is_file():
+        raise UserError(f"{extractor} weights not found: {weights_path}")
+    n = len(next(iter(generated.values()))) if isinstance(generated, dict) else len(generated)
+    m = len(reference)
+    if kid_subset_size is None:
+        kid_subset_size = min(1000, n, m)
+    if kid and not 1 < kid_subset_size <= min(n, m):
+        raise UserError(f"kid_subset_size={kid_subset_size} must be in 2..{min(n, m)} "
+                        f"(samples: generated {n}, reference {m})")
+    kwargs, digest = fidelity_kwargs(extractor, weights_path, isc=isc, fid=fid, kid=kid, prc=prc,
+                                     kid_subset_size=kid_subset_size,
+                                     prc_neighborhood=prc_neighborhood, batch_size=batch_size)
+    if not kwargs:
+        return {}
     cache = None
     if ref_cache_name is not None and cache_root is not None:
         # The reference size and the weights digest are part of the key (see module doc).
+        name = kwargs["feature_extractor"]
         stem = f"{ref_cache_name}-n{m}-w{digest}"
         cache = (Path(cache_root) / f"{stem}-{name}-features.npz",
                  {"reference": ref_cache_name, "n": m, "weights": digest, "extractor": name})

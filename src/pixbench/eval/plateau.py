@@ -14,7 +14,14 @@ The rule (a definition of ours, not taken from a paper):
    clear fall under the plateau; None when no window falls that far (the run never escapes).
 A run that does not plateau (p=4 falls from the start) escapes at an early step by this rule;
 the numbers tell a stalled seed (None, or late) from the others, which is what they are for.
-Fewer than MIN_HEAD_POINTS + 1 windows: no verdict (None, None).
+4. "Never" needs enough curve: at least MIN_VERDICT_POINTS windows. On a short curve the head
+   is most of the run (3 points: 2 of them), so a model that learned inside the head has nothing
+   left to fall below and read "never" while at 60 % top-1 (issue 25). A short curve without an
+   escape is therefore "short" (no verdict), never "never"; an escape seen on a short curve is
+   still one (a clear fall below the early level). Fewer than MIN_HEAD_POINTS + 1 windows: no
+   plateau level either.
+The verdict here reads the loss only; verify/conclusions.run_gate checks it against the run's
+final top-1 (a run far above chance is never "never": it learned, whatever its curve says).
 """
 
 from __future__ import annotations
@@ -24,12 +31,24 @@ from dataclasses import dataclass
 HEAD_FRACTION = 0.25  # the early part of the run that defines the plateau level
 MIN_HEAD_POINTS = 2   # windows that define it at least (the first one holds the initial fall)
 DROP = 0.10           # "clearly below": 10% under the plateau level
+# "Never" is said from this many windows on: the head (at least 2) plus at least twice as many
+# after it. The default study's curves have 8 (a row every 100 of 624 steps, and epoch ends).
+MIN_VERDICT_POINTS = 6
 
 
 @dataclass(frozen=True)
 class Plateau:
     level: float | None        # P, the early loss level
-    escape_step: int | None    # first window end below (1 - DROP) * P; None: never escaped
+    escape_step: int | None    # first window end below (1 - DROP) * P; None: not seen
+    points: int = 0            # windows of the curve the verdict rests on
+
+    @property
+    def verdict(self) -> str:
+        """"escaped", "never" (enough windows, none clearly below P) or "short" (too few
+        windows to say never: MIN_VERDICT_POINTS)."""
+        if self.escape_step is not None:
+            return "escaped"
+        return "never" if self.points >= MIN_VERDICT_POINTS else "short"
 
 
 def interval_losses(curve: list[dict]) -> list[tuple[int, float]]:
@@ -54,7 +73,7 @@ def interval_losses(curve: list[dict]) -> list[tuple[int, float]]:
 def plateau(points: list[tuple[int, float]]) -> Plateau:
     """The plateau level and escape step of window-mean losses (see the module's rule)."""
     if len(points) < MIN_HEAD_POINTS + 1:
-        return Plateau(None, None)
+        return Plateau(None, None, len(points))
     last = points[-1][0]
     head = [loss for step, loss in points if step <= HEAD_FRACTION * last]
     if len(head) < MIN_HEAD_POINTS:
@@ -62,4 +81,4 @@ def plateau(points: list[tuple[int, float]]) -> Plateau:
     level = min(head)
     below = (1.0 - DROP) * level
     escape = next((step for step, loss in points if loss < below), None)
-    return Plateau(level, escape)
+    return Plateau(level, escape, len(points))

@@ -44,6 +44,18 @@ class RunningStats:
         self.s1 += f.sum(axis=0)
         self.s2 += f.T @ f  # (D, D)
 
+    def merge(self, n: int, s1: np.ndarray, s2: np.ndarray) -> None:
+        """Add another shard's sums (a rank's samples): the statistics of both shards' rows,
+        equal to adding the rows here up to float summation order."""
+        if n == 0:
+            return
+        if self.s1 is None:
+            self.n, self.s1, self.s2 = n, np.array(s1, np.float64), np.array(s2, np.float64)
+            return
+        self.n += n
+        self.s1 += s1
+        self.s2 += s2
+
     def result(self) -> dict[str, np.ndarray | int]:
         if self.n < 2:
             raise UserError(f"FID statistics need at least 2 images, got {self.n}")
@@ -67,9 +79,10 @@ def feature_extractor(extractor: Extractor, weights_path: Path, device: torch.de
 
 
 @torch.no_grad()
-def stream_stats(batches: Iterable[torch.Tensor], extractor: Extractor, weights_path: Path,
-                 device: torch.device | None = None) -> dict:
-    """{mu (D,), sigma (D, D), n} of the FID features of uint8 (b, 1|3, H, W) batches."""
+def stream_sums(batches: Iterable[torch.Tensor], extractor: Extractor, weights_path: Path,
+                device: torch.device | None = None) -> RunningStats:
+    """The running float64 sums (n, sum f, sum f f^T) of the FID features of uint8
+    (b, 1|3, H, W) batches: what a rank holding some of the samples contributes."""
     device = device or torch.device("cpu")
     fe = feature_extractor(extractor, Path(weights_path), device)
     acc = RunningStats()
@@ -77,7 +90,13 @@ def stream_stats(batches: Iterable[torch.Tensor], extractor: Extractor, weights_
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # torch-fidelity: 3 channels
         (f,) = fe(x.contiguous().to(device))  # (b, D)
         acc.add(f.double().cpu())
-    return acc.result()
+    return acc
+
+
+def stream_stats(batches: Iterable[torch.Tensor], extractor: Extractor, weights_path: Path,
+                 device: torch.device | None = None) -> dict:
+    """{mu (D,), sigma (D, D), n} of the FID features of uint8 (b, 1|3, H, W) batches."""
+    return stream_sums(batches, extractor, weights_path, device).result()
 
 
 def tensor_batches(images: torch.Tensor, extractor: Extractor) -> Iterable[torch.Tensor]:

@@ -26,7 +26,9 @@ METRICS = ("isc", "fid", "kid", "prc")
 
 
 class UInt8Images(torch.utils.data.Dataset):
-    """Items are uint8 (3, H, W), as torch-fidelity requires: gray is repeated to 3 channels."""
+    """Items are uint8 (3, H, W), as torch-fidelity requires: gray is repeated to 3 channels.
+    `images`: a uint8 (N, C, H, W) tensor, or rows read when indexed (the reference set,
+    tasks/gen/reference.SplitImages: never all in memory)."""
 
     def __init__(self, images: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
@@ -76,23 +78,45 @@ def reference_features(reference: torch.Tensor, fe, kw: dict, layers: list[str],
     return feats
 
 
-def calculate(generated: torch.Tensor, reference: torch.Tensor, kw: dict,
-              cache: tuple[Path, dict] | None) -> dict[str, float]:
+def _layers(kw: dict) -> tuple[dict, dict[str, str]]:
+    """calculate_metrics' kwargs with torch-fidelity's cache off, and {metric: feature layer}
+    of the metrics asked for."""
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
+
+    kw = {**kw, "cache": False, "input1_cache_name": None, "input2_cache_name": None}
+    return kw, {m: resolve_feature_layer_for_metric(m, **kw) for m in METRICS if kw.get(m)}
+
+
+def _extractor(kw: dict, layers: dict[str, str]):
+    from torch_fidelity.utils import create_feature_extractor
+
+    return create_feature_extractor(kw["feature_extractor"], sorted(set(layers.values())), **kw)
+
+
+def generated_features(generated: torch.Tensor, kw: dict) -> dict[str, torch.Tensor]:
+    """{layer: (N, D)} of uint8 (N, C, H, W) images, every layer the metrics in `kw` read, as
+    `calculate` extracts them: a rank extracts its own samples' features and hands `calculate`
+    the features, not the images."""
+    kw, layers = _layers(kw)
+    return _features(generated, _extractor(kw, layers), kw) if layers else {}
+
+
+def calculate(generated: torch.Tensor | dict[str, torch.Tensor], reference: torch.Tensor,
+              kw: dict, cache: tuple[Path, dict] | None) -> dict[str, float]:
     """torch-fidelity's result dict for uint8 (N, C, H, W) generated vs reference images; `kw`
     are calculate_metrics' kwargs (isc, fid, kid, prc, feature_extractor, batch_size, cuda, ...),
-    `cache` as in reference_features."""
+    `cache` as in reference_features. `generated` may be its features already extracted
+    (`generated_features` with the same kw; rows in the same order give the same numbers)."""
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_featuresdict_to_metric
     from torch_fidelity.metric_kid import kid_featuresdict_to_metric
     from torch_fidelity.metric_prc import prc_featuresdict_to_metric
-    from torch_fidelity.utils import create_feature_extractor, resolve_feature_layer_for_metric
 
-    kw = {**kw, "cache": False, "input1_cache_name": None, "input2_cache_name": None}
-    layers = {m: resolve_feature_layer_for_metric(m, **kw) for m in METRICS if kw.get(m)}
+    kw, layers = _layers(kw)
     if not layers:
         return {}
-    fe = create_feature_extractor(kw["feature_extractor"], sorted(set(layers.values())), **kw)
-    f1 = _features(generated, fe, kw)
+    fe = _extractor(kw, layers)
+    f1 = generated if isinstance(generated, dict) else _features(generated, fe, kw)
     out = {}
     if "isc" in layers:
         out.update(isc_featuresdict_to_metric(f1, layers["isc"], **kw))

@@ -16,12 +16,12 @@ from pixbench.eval.stats import fmt_welch, welch
 from pixbench.paper import LOCALITY_NOTE, PAPER, RECIPE_NOTE
 from pixbench.report.bench import bench_section
 from pixbench.report.conclusions import conclusions_section
-from pixbench.verify.conclusions import group_gate, run_gate
+from pixbench.verify.conclusions import cell_gate
 from pixbench.report.html import markdown_to_html
 from pixbench.report.gen import gen_section
 from pixbench.report.mae import mae_section
 from pixbench.report.plots import plot_accuracy, plot_curves, plot_time
-from pixbench.report.dataset import dataset_section, not_about, paper_dataset
+from pixbench.report.dataset import dataset_name, dataset_section, not_about, paper_dataset
 from pixbench.report.tables import (PLATEAU_NOTE, classify_table, cost_to_accuracy_table,
                                     locality_table, paper_table, plateau_table)
 from pixbench.runio import atomic_write_bytes, read_json
@@ -115,8 +115,8 @@ def pixel_vs_best(groups: dict[tuple, list[dict]]) -> list[str]:
         if 1 not in cells or not patches:
             continue
         best = max(patches, key=lambda p: sum(cells[p]) / len(cells[p]))
-        gates = {p: group_gate({"runs": [{"gate": run_gate(r, r.get("_curve"))} for r in runs]})
-                 for (_, _, s, p), runs in groups.items() if s == size and p in (1, best)}
+        gates = {p: cell_gate(runs) for (_, _, s, p), runs in groups.items()
+                 if s == size and p in (1, best)}
         if any(gates.values()):  # a stalled or chance-level model gets a warning, no test
             out.append(f"- ViT-{size.upper()}: pixels (p=1) vs p={best}: no test; " + "; ".join(
                 f"p={p}: {why}" for p, why in gates.items() if why) + ".")
@@ -136,7 +136,8 @@ def classify_section(params: Params, rows: list[dict], out_dir: Path) -> list[st
         by_dataset[key[:2]][key] = runs
     for (dataset, image_size), sub in by_dataset.items():
         stem = f"classify_{params.profile}_{dataset}{image_size}"
-        lines += [f"### {dataset} {image_size}x{image_size}", ""] + classify_table(sub) + [""]
+        lines += [f"### {dataset_name(params.active.data)} {image_size}x{image_size}", ""]
+        lines += classify_table(sub) + [""]
         figs = (plot_accuracy(sub, out_dir / FIG_DIR, stem)
                 + [plot_time(sub, out_dir / FIG_DIR, stem), plot_curves(sub, out_dir / FIG_DIR, stem)])
         lines += [f"![{f}]({FIG_DIR}/{f})" for f in figs] + [""]
@@ -165,15 +166,26 @@ def run(spec, paths: Paths, *, tasks: dict, stale: str = "error", device: str = 
     `tasks`: the task table (what each task's results are)."""
     from pixbench.config import load_params
 
+    from pixbench.config.cells import check_study_file
+
     params = load_params(spec.params_file)
-    params = params.model_copy(update={"profile": spec.profile})
+    check_study_file(params, spec.params_file)
+    params = params.switch(spec.profile)
     return {"run_id": spec.run_id, "path": str(build_report(params, paths, tasks))}
 
 
 def build_report(params: Params, paths: Paths, tasks: dict) -> Path:
-    out_dir = paths.reports_dir
+    """REPORT.md, report.html and figures of the active profile, in its own folder
+    (config.cells.report_subdir), and its headline numbers (summary.py) for DVC."""
+    from pixbench.config.cells import report_subdir
+    from pixbench.names import check_name
+    from pixbench.report.summary import write_summary
+
+    sub = report_subdir(params, check_name(params.profile, "profile"))
+    out_dir = Path(paths.reports_dir) / sub
     rows = collect_runs(paths.runs_dir / params.profile, params)
-    lines = ["# pixbench report", "",
+    title = f"pixbench report: profile `{params.profile}`, {dataset_name(params.active.data)}"
+    lines = [f"# {title}", "",
              "What does it cost, and what does it buy, to make every pixel a token instead of "
              f"every patch? ({PAPER})", ""]
     lines += dataset_section(params, paths)
@@ -184,11 +196,12 @@ def build_report(params: Params, paths: Paths, tasks: dict) -> Path:
         lines += ["## Locality", "", LOCALITY_INTRO, ""] + loc + ["", LOCALITY_NOTE, ""]
     lines += mae_section(params, paths.runs_dir / params.profile, out_dir, FIG_DIR)
     lines += gen_section(params, paths.runs_dir / params.profile, out_dir, FIG_DIR)
-    lines += bench_section(out_dir / "bench", out_dir)
+    if not sub:  # the compute benchmark is the default study's, not another dataset's
+        lines += bench_section(out_dir / "bench", out_dir)
     lines += ["## Environment", ""] + environment(rows) + [""]
     path = out_dir / "REPORT.md"
     text = "\n".join(lines)
     atomic_write_bytes(path, text.encode())
-    atomic_write_bytes(out_dir / "report.html",
-                       markdown_to_html(text, out_dir, "pixbench report").encode())
+    atomic_write_bytes(out_dir / "report.html", markdown_to_html(text, out_dir, title).encode())
+    write_summary(params, paths, tasks)
     return path

@@ -13,8 +13,12 @@ from pixbench.errors import UserError
 INTRO = ("Each claim compares two cells over their seeds: Welch's t-test, two-sided, "
          "Holm-corrected within its family (every pair of one track and model size) at "
          "α = {alpha:g} (params.yaml `verify.alpha`). *Better* is a significant gap; *tie* is a "
-         "gap inside seed noise at this n; a cell whose top-1 is not clearly above chance, or "
-         "most of whose seeds never left their loss plateau, enters no claim (*invalid*). "
+         "gap inside seed noise at this n; a cell that did not learn measurably enters no "
+         "claim (*invalid*, with the reason): half or more of its seeds have a top-1 not "
+         "clearly above chance (1/classes, the Classification table's chance line), or most "
+         "of them never left their loss plateau or have a learning curve too short for a "
+         "plateau verdict while their top-1 is not far above chance (the per-seed plateau "
+         "table's never / too few curve points). "
          "`pixbench verify` checks every significant claim of the committed reference before "
          "it checks numbers.")
 

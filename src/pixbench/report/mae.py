@@ -15,6 +15,7 @@ from pixbench.eval.stats import fmt_ms, fmt_welch, welch
 from pixbench.paper import MAE_NOTE, MAE_TABLE
 from pixbench.report.dataset import not_about, paper_dataset
 from pixbench.runio import read_json
+from pixbench.verify.conclusions import cell_gate
 
 TASKS = ("mae-pretrain", "mae-scratch", "mae-finetune", "mae-linprobe")
 
@@ -32,6 +33,8 @@ def collect_mae_runs(runs_dir: Path, params: Params) -> list[dict]:
             raise UserError(f"{path.parent}: refused, made with other settings than params.yaml; "
                             "re-run it (dvc repro) or remove it")
         m["_dir"] = path.parent
+        curve = path.with_name("curve.json")  # the validity gate reads it (cell_gate)
+        m["_curve"] = read_json(curve, "curve") if curve.exists() else []
         rows.append(m)
     return rows
 
@@ -56,7 +59,10 @@ def mae_table(rows: list[dict], default_target: str) -> list[str]:
         pre = by.get("mae-pretrain", [{}])[0]
         test = welch([r["top1"] for r in by.get("mae-finetune", [])],
                      [r["top1"] for r in by.get("mae-scratch", [])])
-        diff = fmt_welch(test) if test else (
+        # the validity gate: no Δ or test for a side that did not learn measurably
+        why = "; ".join(f"{t[4:]}: {w}" for t in ("mae-finetune", "mae-scratch")
+                        if by.get(t) and (w := cell_gate(by[t])))
+        diff = f"no test ({why})" if why else fmt_welch(test) if test else (
             f"{np.mean([r['top1'] for r in by['mae-finetune']]) - np.mean([r['top1'] for r in by['mae-scratch']]):+.2f} pt "
             "(n too small for a test)" if by.get("mae-finetune") and by.get("mae-scratch") else "–")
         gf = f"{pre['gflops_train']:.4g}" if pre else "–"
@@ -75,7 +81,7 @@ def paper_mae_table() -> list[str]:
 def mae_section(params: Params, runs_dir: Path, out_dir: Path, fig_dir: str) -> list[str]:
     from pixbench.report.plots import plot_reconstructions
 
-    rows = collect_mae_runs(runs_dir, params)
+    rows = collect_mae_runs(runs_dir, params) if params.active.mae is not None else []
     if not rows:
         return []
     pre = params.active.mae.pretrain

@@ -1,4 +1,5 @@
-"""dvclive logs that a resumed run continues without duplicates.
+"""Live logs of a training run: dvclive logs that a resumed run continues without duplicates,
+and the progress lines on stderr with the elapsed time and an ETA (`Progress`).
 
 dvclive appends a row per logged value to `plots/metrics/<name>.tsv` (columns `step`, value;
 no timestamps) and rewrites its summary `metrics.json` at every `next_step`. A task logs one
@@ -11,9 +12,68 @@ kill), and the logs end identical to an uninterrupted run's.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 from pixbench.runio import atomic_write_bytes
+
+
+# A progress line at least this often (seconds of wall time), between the lines of the curve
+# rows and window ends: a p=1 cell of 10 minutes with one line per epoch once stayed silent
+# for 6 minutes (issue 25), indistinguishable from a hung run.
+HEARTBEAT_S = 30.0
+
+
+def duration(seconds: float) -> str:
+    """4.24 -> '4.2s', 42 -> '42s', 75 -> '1m15s', 3725 -> '1h02m'."""
+    if seconds < 9.95:
+        return f"{max(0.0, seconds):.1f}s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Progress:
+    """One session's progress lines: where the run is, this session's wall time, and an ETA.
+
+    The ETA is the remaining steps at this session's mean step time, from the trainer's
+    `train_time_s` (steps and their host syncs only): a curve row's evaluation or a checkpoint
+    does not inflate it, and a resumed run's earlier sessions (another machine, perhaps) are
+    not mixed in. Evaluations still to come are not in it. It reads the host clock only: no
+    device sync (between the trainer's syncs a GPU's queued steps are caught up at the next)."""
+
+    def __init__(self, run_id: str, total_steps: int, state, *, every_s: float | None = None,
+                 out=None, clock=time.monotonic) -> None:
+        self.run_id, self.total, self.clock = run_id, total_steps, clock
+        self.every_s = HEARTBEAT_S if every_s is None else every_s
+        self.out = out
+        self.start = self.last = clock()
+        self.step0, self.train0 = state.global_step, state.train_time_s
+
+    def eta_s(self, state) -> float | None:
+        """Seconds of training left, or None before this session's first step."""
+        done = state.global_step - self.step0
+        if done <= 0:
+            return None
+        return (state.train_time_s - self.train0) / done * max(0, self.total - state.global_step)
+
+    def due(self) -> bool:
+        return self.clock() - self.last >= self.every_s
+
+    def line(self, state, where: str, tail: str = "") -> str:
+        """Print `RUN WHERE TAIL | P% elapsed E eta T` (stderr) and return it."""
+        eta = self.eta_s(state)
+        pct = 100 * state.global_step / max(1, self.total)
+        timing = (f"{pct:.0f}% elapsed {duration(self.clock() - self.start)} "
+                  f"eta {'?' if eta is None else duration(eta)}")
+        text = " ".join(x for x in (self.run_id, where, tail) if x) + " | " + timing
+        print(text, file=self.out or sys.stderr, flush=True)
+        self.last = self.clock()
+        return text
 
 
 def open_live(live_dir: Path, rows: int, resume: bool):

@@ -129,9 +129,9 @@ def dvc_file(paths, kind: str, profile: str, run_id: str) -> Path:
 
 
 def publish(paths, spec, metrics: dict, curve_path: Path) -> None:
-    """The DVC-facing copies of a run's results, beside its run dir: the numeric metrics and
-    the learning curve, which each stage declares as `metrics:` and `plots:` (cache: false),
-    so `dvc metrics show/diff`, `dvc plots` and `dvc exp show` list them per cell."""
+    """The DVC-facing copies of a run's results, beside its run dir: the numeric metrics (a
+    plain output, cache: false: the detail behind the profile's summary.json, which is what
+    `dvc metrics show` lists) and the learning curve (declared as `plots:`)."""
     files = {dvc_file(paths, "metrics", spec.profile, spec.run_id): headline(metrics)}
     if curve_path.exists():
         files[dvc_file(paths, "curves", spec.profile, spec.run_id)] = read_json(curve_path,
@@ -146,3 +146,4 @@ def headline(metrics: dict) -> dict:
     """The numbers of a metrics dict (no identifiers, no flags): what `dvc metrics` shows."""
     return {k: v for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+

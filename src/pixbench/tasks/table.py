@@ -43,8 +43,8 @@ class Task:
 
 
 def _prepare():
-    from pixbench.data.prepare import run
-    return run
+    from pixbench.tasks.prepare import prepare_and_publish
+    return prepare_and_publish
 
 
 def _report():

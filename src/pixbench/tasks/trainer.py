@@ -11,7 +11,7 @@ A body is the algorithm (MAE's engine without the plumbing): its modules, one op
   an epoch, a checkpoint, or every `SYNC_EVERY` steps): one device->host copy for all of them.
   A step itself makes none (a per-step `loss.item()` stalls a GPU on small models);
 - the runner's tick after every step (stop signals, time-based checkpoints; runner.py), a
-  checkpoint at every window end, progress lines;
+  checkpoint at every window end, progress lines with the elapsed time and an ETA (livelog.py);
 - `run_task`: a finished run is reused; inputs are checked before the run dir is claimed; the
   identity of the metrics (run id, task, profile, seed, digest, steps, times, device).
 """
@@ -19,15 +19,14 @@ A body is the algorithm (MAE's engine without the plumbing): its modules, one op
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from typing import Any
 
 import torch
 
 from pixbench import distributed
+from pixbench.tasks.livelog import Progress
 from pixbench.tasks.runner import SYNC_EVERY, Run, State
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +130,10 @@ def _finite(x: float) -> bool:
 
 def fit(body: Body, state: State, run: Run | None = None, *, progress: bool = False) -> State:
     """Train from the State's position to `body.schedule.steps`; `run` (None: no run dir, e.g.
-    a notebook's FeatNet) ticks and checkpoints."""
+    a notebook's FeatNet) ticks and checkpoints. `progress`: lines with an ETA on stderr (rank
+    0) at every curve row and window end, and at least every HEARTBEAT_S in between."""
     s, pending = body.schedule, _Pending(body, state, run)
+    meter = Progress(body.run_id, s.steps, state) if progress and distributed.is_main() else None
     if run is not None:
         run.before_save = pending
     while state.global_step < s.steps:
@@ -149,16 +150,29 @@ def fit(body: Body, state: State, run: Run | None = None, *, progress: bool = Fa
             if end or mid or len(pending) >= SYNC_EVERY:
                 pending()
             if mid:
-                _record(body, state, run, end=False)
+                row = _record(body, state, run, end=False)
             if end:
-                _end_window(body, state, run, progress)
+                _end_window(body, state, run, meter)
                 if s.epoch_steps is not None:
                     break  # the next epoch starts with `body.start`
             elif run is not None:
                 run.tick(state)
+            if meter is not None and not end and (mid or meter.due()):
+                # a curve row's line, or a heartbeat: no loss, which would need a host sync
+                meter.line(state, where(s, state), body.progress(row) if mid else "")
     pending()
     body.finish(state)
     return state
+
+
+def where(s: Schedule, state: State) -> str:
+    """'epoch 2/3 step 250/468' (epoch-based: the epoch under way, or just ended) or
+    'step 250/1000'."""
+    at = f"step {state.global_step}/{s.steps}"
+    if not s.epoch_steps:
+        return at
+    epoch = state.epoch if state.epoch_step == 0 and state.global_step else state.epoch + 1
+    return f"epoch {epoch}/{s.steps // s.epoch_steps} {at}"
 
 
 def _window_end(s: Schedule, state: State) -> bool:
@@ -177,7 +191,7 @@ def _record(body: Body, state: State, run: Run | None, end: bool) -> dict:
     return row
 
 
-def _end_window(body: Body, state: State, run: Run | None, progress: bool) -> None:
+def _end_window(body: Body, state: State, run: Run | None, meter: Progress | None) -> None:
     """The window's row, a new window (and epoch), a checkpoint, a progress line."""
     row = _record(body, state, run, end=True)
     state.take_mean_loss()
@@ -186,11 +200,8 @@ def _end_window(body: Body, state: State, run: Run | None, progress: bool) -> No
         state.epoch, state.epoch_step = state.epoch + 1, 0
     if run is not None:
         run.save(state)
-    if progress and distributed.is_main():
-        s = body.schedule
-        where = (f"epoch {state.epoch}/{s.steps // s.epoch_steps}" if s.epoch_steps
-                 else f"step {state.global_step}/{s.steps}")
-        print(f"{body.run_id} {where} {body.progress(row)}", file=sys.stderr, flush=True)
+    if meter is not None:
+        meter.line(state, where(body.schedule, state), body.progress(row))
 
 
 def identity(run: Run, state: State) -> dict:

@@ -6,7 +6,7 @@ seeds, spec digests, git SHAs and the machine kind that produced them. `pixbench
 collects the same numbers from the runs of the *current* sweep (config.pipeline.sweep_runs),
 judges each cell bitwise (same machine kind and spec) or statistically (compare.py), prints
 "reproduced k of n cells" and every departure, writes reports/verify/<profile>.json, and fails
-(exit 2) on a departure. `--update-reference` writes the reference from the current runs.
+(exit 2) on a departure. `--record` writes the reference from the current runs.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def result_path(paths: Paths, profile: str) -> Path:
 
 
 def metrics_path(paths: Paths, profile: str) -> Path:
-    """The counts alone, where `dvc metrics show` reads every stage's numbers."""
-    return Path(paths.reports_dir) / "metrics" / profile / "verify.json"
+    """The counts alone (reports/verify/<profile>.counts.json), beside every verdict."""
+    return Path(paths.reports_dir) / "verify" / f"{profile}.counts.json"
 
 
 def _write(paths: Paths, profile: str, result: dict) -> None:
@@ -101,8 +101,9 @@ def _pinned(params: Params) -> dict | None:
 
 
 def _seeds(params: Params) -> dict:
-    out = {"sweep": params.sweep.seeds, "locality": params.locality.seeds,
-           "mae_sweep": params.mae_sweep.seeds}
+    out = {"sweep": params.sweep.seeds, "locality": params.locality.seeds}
+    if params.mae_sweep is not None and params.active.mae is not None:
+        out["mae_sweep"] = params.mae_sweep.seeds
     if params.gen_sweep is not None and params.active.gen is not None:
         out["gen_sweep"] = params.gen_sweep.seeds
     return out
@@ -133,7 +134,7 @@ def compare(params: Params, paths: Paths, fresh: dict, tasks: dict) -> dict:
                                    conclude(fresh["groups"], params.verify.alpha, tasks))
     except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or truncated file
         raise UserError(f"{ref_file}: malformed reference ({type(exc).__name__}: {exc}); "
-                        "rewrite it with `pixbench verify --update-reference`") from None
+                        "rewrite it with `pixbench verify --record`") from None
     judged = [c for c in cells if c.ok is not None]
     departed = [c for c in judged if not c.ok]
     broken = [c for c in checks if not c["held"]]
@@ -171,9 +172,9 @@ def _no_reference(params: Params, paths: Paths, ref_file: Path) -> dict:
     if _tracked(ref_file):
         raise UserError(f"{ref_file}: the committed reference is missing; restore it "
                         f"(git checkout -- {ref_file}) or rewrite it with "
-                        "`pixbench verify --update-reference`")
+                        "`pixbench verify --record`")
     print(f"no reference for profile {params.profile} ({ref_file}): nothing to compare; "
-          "write one with `pixbench verify --update-reference`")
+          "write one with `pixbench verify --record`")
     result = {"profile": params.profile, "reference": None, "reproduced": 0, "cells": 0,
               "departures": 0}
     _write(paths, params.profile, result)
@@ -200,13 +201,13 @@ def _read_reference(ref_file: Path, fresh: dict) -> dict:
     ref = read_json(ref_file, "reference")
     if ref.get("format") != FORMAT or not isinstance(ref.get("groups"), dict):
         raise UserError(f"{ref_file}: not a pixbench reference of format {FORMAT}; rewrite it "
-                        "with `pixbench verify --update-reference`")
+                        "with `pixbench verify --record`")
     lost = [g for g in fresh["groups"] if g not in ref["groups"]]
     if lost:
         raise UserError(f"{ref_file}: no reference for {', '.join(lost[:3])}"
                         f"{', ...' if len(lost) > 3 else ''} (lost from the reference, or the "
                         "sweep grew): restore it or rewrite it with `pixbench verify "
-                        "--update-reference`")
+                        "--record`")
     return ref
 
 
@@ -215,7 +216,11 @@ def run(spec, paths: Paths, *, tasks: dict, stale: str = "error", device: str = 
     """The `verify` task (a VerifySpec); `tasks`: the task table."""
     from pixbench.config import load_params
 
-    params = load_params(spec.params_file).model_copy(update={"profile": spec.profile})
+    from pixbench.config.cells import check_study_file
+
+    params = load_params(spec.params_file)
+    check_study_file(params, spec.params_file)
+    params = params.switch(spec.profile)
     fresh = collect(params, paths, this_machine(), tasks)
     if spec.update_reference:
         return update_reference(params, paths, fresh)

@@ -8,6 +8,7 @@ identical to an uninterrupted run (tests/test_resume_kill.py).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,15 @@ def load_tensors(ds, train_subset: int | None, val_subset: int | None) -> Tensor
                    t(ds.val_labels[va]), torch.tensor(ds.mean), torch.tensor(ds.std))
 
 
+def train_epochs(cfg, steps_per_epoch: int) -> int:
+    """The recipe's epochs, grown to ceil(min_steps / steps_per_epoch) when that is more: a
+    small dataset still gets the steps the plateau escape needs (ClassifyConfig.min_steps).
+    min_steps null: exactly `epochs`, the schedule of every run before the field existed."""
+    if cfg.min_steps is None:
+        return cfg.epochs
+    return max(cfg.epochs, math.ceil(cfg.min_steps / max(1, steps_per_epoch)))
+
+
 def use_bf16(precision: str, size: str, device: torch.device) -> bool:
     """The recipe's precision; `auto` is bf16 autocast on CUDA, and on the CPU only from width
     192, where it measured 1.5-1.9x (nothing at widths 48-128)."""
@@ -82,7 +92,8 @@ class ClassifyBody(Body):
         self.live_dir = live_dir  # dvclive's folder (rank 0), None: no dvclive log
         self.opt = adamw(distributed.unwrap(model), cfg.optim)
         per_epoch = data.train_x.shape[0] // cfg.batch_size
-        self.schedule = Schedule(per_epoch * cfg.epochs, per_epoch, cfg.curve_every_steps or 0)
+        self.epochs = train_epochs(cfg, per_epoch)
+        self.schedule = Schedule(per_epoch * self.epochs, per_epoch, cfg.curve_every_steps or 0)
         self.warmup = round(cfg.optim.warmup_epochs * per_epoch)
         self.peak = peak_lr(cfg.optim, cfg.batch_size)
         n = min(CURVE_VAL_IMAGES, data.val_x.shape[0])

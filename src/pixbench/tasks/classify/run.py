@@ -17,7 +17,8 @@ from pixbench.eval.measure import measure_inference, measure_train
 from pixbench.models.locality import local_swap_permutation, shuffle_permutation
 from pixbench.models.vit import display_name, model_key, vit, vit_shape
 from pixbench.runio import load_checkpoint
-from pixbench.tasks.classify.engine import ClassifyBody, Tensors, load_tensors, use_bf16
+from pixbench.tasks.classify.engine import (ClassifyBody, Tensors, load_tensors, train_epochs,
+                                            use_bf16)
 from pixbench.tasks.runner import Run, State
 from pixbench.tasks.trainer import identity, run_task
 
@@ -91,6 +92,8 @@ def metrics(run: Run, model: nn.Module, manifest: dict, data: Tensors, final: di
     steps = spec.classify.throughput_steps
     speed = {**measure_train(model, x, y, bf16=bf16, steps=steps),
              **measure_inference(model, x, bf16=bf16, steps=steps)}
+    # the epochs trained: the recipe's, or more where min_steps grew them (`steps` is in identity)
+    epochs = train_epochs(spec.classify, data.train_x.shape[0] // spec.classify.batch_size)
     return {
         **identity(run, state), "model": model_key(spec.size, spec.patch),
         "display": display_name(spec.size, spec.patch),
@@ -103,7 +106,7 @@ def metrics(run: Run, model: nn.Module, manifest: dict, data: Tensors, final: di
         "train_loss": state.history[-1]["train_loss"] if state.history else None,
         "gflops_infer": vit_forward_flops(shape) / 1e9, "gflops_train": vit_train_flops(shape) / 1e9,
         **speed, "precision": "bf16" if bf16 else "fp32",
-        "epochs": spec.classify.epochs, "images_seen": state.global_step * spec.classify.batch_size,
+        "epochs": epochs, "images_seen": state.global_step * spec.classify.batch_size,
         "eval_img_per_s": final["n"] / final["eval_s"],
     }
 

@@ -25,7 +25,7 @@ from pixbench.eval.measure import autocast
 from pixbench.models.diffusion import diffusion_loss, make_train_scheduler
 from pixbench.models.dit import DIT_SIZES
 from pixbench.config import DitSpec
-from pixbench.tasks.gen.latents import load_latents
+from pixbench.tasks.gen.latents import NpyRows, load_latents
 from pixbench.tasks.gen.parallel import check_divisible
 from pixbench.tasks.gen.sampling import (EMA_FILE, build_dit_model, draw_samples, sampling_context,
                                          score_samples)
@@ -65,11 +65,16 @@ def use_bf16(precision: str, size: str, device: torch.device) -> bool:
 class DitBody(Body):
     """The DiT's training (the trainer's body): the model (DDP-wrapped when there are several
     ranks), its EMA, AdamW, the latents; a curve row every `curve_every_steps` with the FID of
-    a few EMA samples when a probe is given."""
+    a few EMA samples when a probe is given.
+
+    `latents` (N, c, h, w) float32 are the encoder's, unscaled, read a batch at a time from
+    the file (load_latents rows=True): each step reads its rows and multiplies them by the
+    manifest's scale factor, the same float32 product per element that scaling the whole
+    array once gave, without the split (and a scaled copy of it) on every rank."""
 
     mean_over_ranks = True  # a step's loss is the global batch's
 
-    def __init__(self, spec: DitSpec, latents: torch.Tensor, labels: torch.Tensor, man: dict,
+    def __init__(self, spec: DitSpec, latents: NpyRows, labels: NpyRows, man: dict,
                  device: torch.device, probe=None) -> None:
         cfg = spec.dit
         self.spec, self.device, self.latents, self.labels = spec, device, latents, labels
@@ -100,8 +105,8 @@ class DitBody(Body):
         t, noise, drop = step_noise(gen, cfg.batch_size, self.latents.shape[1:],
                                     cfg.num_train_timesteps, drop_prob)
         mine = distributed.shard(torch.arange(cfg.batch_size))  # this rank's slice of the batch
-        x0 = self.latents[idx[mine]].to(self.device)  # (B / world, c, h, w)
-        y = self.labels[idx[mine]].to(self.device)
+        x0 = self.latents[idx[mine]] * self.man["scale_factor"]  # (B / world, c, h, w)
+        x0, y = x0.to(self.device), self.labels[idx[mine]].to(self.device)
         set_lr(self.opt, lr_at(step, cfg.steps, self.warmup, self.peak, cfg.optim.min_lr_ratio))
         with autocast(self.device, self.bf16):
             loss = diffusion_loss(self.ddp, x0, y, self.sched, gen, t=t[mine], noise=noise[mine],
@@ -147,8 +152,9 @@ def run(spec: DitSpec, paths: Paths, *, stale: str = "error", device: str = "aut
     cfg = spec.dit
 
     def build(r: Run) -> DitBody:
-        latents, labels, man = load_latents(paths, spec.profile, spec.tokenizer, "train")
-        latents = latents * man["scale_factor"]  # (N, c, h, w), unit variance
+        # (N, c, h, w) row readers, unscaled: DitBody.step reads and scales each batch
+        latents, labels, man = load_latents(paths, spec.profile, spec.tokenizer, "train",
+                                            rows=True)
         if latents.shape[0] < cfg.batch_size:
             raise UserError(f"dit.batch_size={cfg.batch_size} exceeds the "
                             f"{latents.shape[0]} latents")

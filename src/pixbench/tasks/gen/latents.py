@@ -7,7 +7,9 @@ them to unit variance for the diffusion model; it is stored in the manifest.
 
 Both run on the task runner. Encoding streams to disk (encode.py: straight from an ImageFolder
 or from the memory-mapped cache, ranks writing disjoint rows); reconstruction is sharded across
-ranks in fixed chunks (tokenizer.encode_sharded) and gathered, and only rank 0 scores.
+ranks in fixed chunks (tokenizer.encode_sharded) and gathered to rank 0 only, which scores
+(eval_images, bounded: its L1 is one float32 mean over every pixel, whose bits depend on
+having them all in one tensor).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 
 from pixbench import distributed
 from pixbench.config import Paths
-from pixbench.data.cache import sha256_file
+from pixbench.data.cache import quick_sha256, sha256_file
+from pixbench.data.npyfile import data_offset
 from pixbench.data.prepare import folder_root
 from pixbench.data.subsets import balanced_subset
 from pixbench.errors import UserError
@@ -174,8 +177,10 @@ def _commit(spec: EncodeSpec, r: Run, tmp: Path, source: _Source, model, weights
         np.save(tmp / f"{split}_labels.npy", np.ascontiguousarray(labels))
         for kind in ("latents", "codes", "labels"):
             name = f"{split}_{kind}.npy"
+            size = (tmp / name).stat().st_size  # the one full hash: here, where it is made
             files[name] = {"shape": list(np.load(tmp / name, mmap_mode="r").shape),
-                           "sha256": sha256_file(tmp / name)}
+                           "sha256": sha256_file(tmp / name), "bytes": size,
+                           "quick_sha256": quick_sha256(tmp / name, size)}
     stats = enc.codes_summary(tmp / "train_codes.npy", model.config.num_vq_embeddings)
     for name in files:
         os.replace(tmp / name, r.dir / name)
@@ -193,20 +198,100 @@ def _commit(spec: EncodeSpec, r: Run, tmp: Path, source: _Source, model, weights
     return manifest
 
 
-def load_latents(paths: Paths, profile: str, tokenizer: dict, split: str,
-                 verify: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(latents (N, c, h, w) float32, labels (N,), manifest) of one split, checked."""
+def load_latents(paths: Paths, profile: str, tokenizer: dict, split: str, verify: bool = True,
+                 full: bool = False, rows: bool = False) -> tuple:
+    """(latents (N, c, h, w) float32, labels (N,), manifest) of one split, checked
+    (check_latents_file), never read whole: 1.28M ImageNet latents are ~21 GB per rank.
+
+    Tensors over copy-on-write memory maps of the files (a page is read when touched; nothing
+    writes them, and a write would stay private, never reach the file); with `rows`, NpyRows
+    readers instead, whose `[idx]` reads a batch's rows by pread (what the DiT trains from:
+    NpyRows says why a training rank should not index a map)."""
     where = latents_dir(paths, profile, tokenizer["run_id"])
     man = read_manifest(paths, profile, tokenizer)
     out = []
     for kind in ("latents", "labels"):
         name = f"{split}_{kind}.npy"
         path = where / name
-        want = man["files"].get(name, {}).get("sha256")
-        if verify and (not path.is_file() or sha256_file(path) != want):
-            raise UserError(f"{path}: missing or sha256 does not match the latents manifest")
-        out.append(torch.from_numpy(np.load(path)))
+        info = man["files"].get(name, {})
+        if verify:
+            check_latents_file(path, info, full)
+        arr = NpyRows(path) if rows else torch.from_numpy(np.load(path, mmap_mode="c"))
+        if verify and list(arr.shape) != info.get("shape"):  # object arrays: refused above
+            raise UserError(f"{path}: shape {list(arr.shape)} is not the latents manifest's "
+                            f"{info.get('shape')}")
+        out.append(arr)
     return out[0], out[1], man
+
+
+def check_latents_file(path: Path, info: dict, full: bool = False) -> None:
+    """What is checked against the latents manifest entry `info` (written once by rank 0 at
+    encode, with the file's full sha256): its size, and its quick hash (data/cache.py: the
+    whole file up to 64 MiB, else 64 spread blocks of 64 KiB), so every rank reads ~4 MiB
+    on every start, not every byte. That catches truncation, a replaced or re-encoded file and
+    most partial overwrites; the full sha256 is checked with `full` (an explicit verify), and
+    for manifests from before the quick hash (no `bytes`/`quick_sha256`), as it always was."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing; re-run `pixbench vq encode`")
+    size = path.stat().st_size
+    quick = "bytes" in info and "quick_sha256" in info and not full
+    if quick and size != info["bytes"]:
+        raise UserError(f"{path}: {size} bytes, the latents manifest says {info['bytes']} "
+                        "(truncated or replaced; re-run `pixbench vq encode`)")
+    ok = quick_sha256(path, size) == info["quick_sha256"] if quick \
+        else sha256_file(path) == info.get("sha256")
+    if not ok:
+        raise UserError(f"{path}: missing or sha256 does not match the latents manifest")
+
+
+class NpyRows:
+    """A C-ordered .npy (N, ...) whose rows `rows[idx]` (idx a LongTensor) are read from disk by
+    pread as a fresh tensor (len(idx), ...); `shape` is the file's, as torch.Size. The values
+    are the file's bytes: the same as np.load's.
+
+    What the DiT trains from (issue 26: ImageNet's train latents are ~21 GB, a rank draws a few
+    hundred rows a step), rather than indexing an np.memmap: every page a map touches counts in
+    the process's RSS, and the kernel maps far more than the row (on this machine's ext4, ~1.2
+    MB per randomly indexed 4 KiB row: page-cache folios mapped whole), so within an epoch each
+    rank's RSS would reach the whole file. Those pages are the page cache, one copy per node,
+    but RSS cannot tell them from a private copy. pread uses the page cache the same way, and a
+    rank's RSS holds its batch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        arr = np.load(self.path, mmap_mode="r")  # header only; object arrays are refused here
+        if arr.ndim < 1 or arr.dtype.hasobject or not arr.flags.c_contiguous:
+            raise UserError(f"{path}: not a C-ordered numeric array")
+        self.shape, self.dtype = torch.Size(arr.shape), arr.dtype
+        self.row_bytes = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+        del arr  # the map is never read: rows come by pread
+        self.offset = data_offset(self.path)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = idx.tolist()
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)  # (b, ...)
+        view, b = memoryview(out).cast("B"), self.row_bytes  # out's bytes, row after row
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for k, i in enumerate(rows):
+                if not 0 <= i < self.shape[0]:
+                    raise IndexError(f"row {i} of {self.shape[0]} in {self.path}")
+                _read_exactly(fd, view[k * b:(k + 1) * b], self.offset + i * b, self.path)
+        finally:
+            os.close(fd)
+        return torch.from_numpy(out)
+
+
+def _read_exactly(fd: int, buf: memoryview, pos: int, path: Path) -> None:
+    """Fill `buf` from byte `pos` of `fd` (pread may return less than asked)."""
+    while len(buf):
+        n = os.preadv(fd, [buf], pos)
+        if n == 0:
+            raise UserError(f"{path}: ends before row data at byte {pos} (truncated)")
+        buf, pos = buf[n:], pos + n
 
 
 def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -238,7 +323,8 @@ def _evaluate(r: Run, paths: Paths, model, vq_spec: dict, ds) -> dict:
     n = min(spec.eval_images, ds.val_images.shape[0])
     images = np.asarray(ds.val_images[:n])  # (n, H, W, C) uint8
     t0 = time.perf_counter()
-    _, codes, rec = encode_sharded(model, images, r.device, decode=True)  # rec (n, C, H, W)
+    # rec (n, C, H, W) and codes on rank 0 only, which scores them: no all-gather of images
+    _, codes, rec = encode_sharded(model, images, r.device, decode=True, main_only=True)
     recon_s = time.perf_counter() - t0
     metrics = {}
     if r.is_main:

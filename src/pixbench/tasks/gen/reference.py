@@ -4,9 +4,11 @@
   null = the whole split), computed streaming from the memory-mapped cache in index-sorted
   batches and cached under <cache_dir>/fidelity per (cache manifest, split, subset, extractor
   weights) (eval/refstats.py).
-- KID and precision/recall compare features set to set, so they need reference images in
-  memory: the same balanced subset when fid.reference_images bounds it, else a balanced subset
-  as large as the samples (ADM's evaluator also uses a bounded reference batch for them).
+- KID and precision/recall compare features set to set, so they need the reference set's
+  features: the same balanced subset when fid.reference_images bounds it, else a balanced
+  subset as large as the samples (ADM's evaluator also uses a bounded reference batch for
+  them); its images are read from the memory-mapped cache a batch at a time, and only when
+  its features are not cached yet (eval/tfmetrics.py).
 - The ADM reference batch (.npz, Inception statistics of e.g. ImageNet 256) given by the user:
   $PIXBENCH_FID_REF or `pixbench dit eval --fid-ref`, a machine path (eval/inception.py).
 """
@@ -25,7 +27,7 @@ from pixbench.data.subsets import balanced_subset
 from pixbench.eval.fidelity import Extractor
 from pixbench.eval.refstats import (BATCH, cached_stats, extractor_key, stats_file,
                                     stream_stats)
-from pixbench.tasks.gen.data import balanced_images, gen_cache
+from pixbench.tasks.gen.data import gen_cache
 
 FID_REF_ENV = "PIXBENCH_FID_REF"
 
@@ -57,8 +59,38 @@ def reference_stats(paths: Paths, profile: str, fid: FidConfig, data_spec: dict,
         split_batches(images, idx, BATCH[extractor]), extractor, weights, device))
 
 
+class SplitImages:
+    """uint8 (M, C, H, W) rows `idx` of a memory-mapped uint8 (N, H, W, C) split, each read when
+    indexed: what torch-fidelity's extraction asks of a reference tensor (len, shape, dtype,
+    dim, cpu, [i]), without the M images in memory (at ImageNet scale, as many as samples:
+    50k at 256 px are 9.8 GB). Row i equals balanced_images' row i."""
+
+    dtype = torch.uint8
+
+    def __init__(self, images: np.ndarray, idx: np.ndarray) -> None:
+        self.images, self.idx = images, idx
+        h, w, c = images.shape[1:]
+        self.shape = torch.Size((len(idx), c, h, w))
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def dim(self) -> int:
+        return 4
+
+    def cpu(self) -> SplitImages:
+        return self
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.images[self.idx[i]])).permute(2, 0, 1)  # (C, H, W)
+
+
 def set_reference(paths: Paths, profile: str, fid: FidConfig, data_spec: dict,
-                  num_samples: int) -> torch.Tensor:
-    """uint8 (M, C, H, W) reference images for KID / precision-recall (bounded, see above)."""
+                  num_samples: int) -> SplitImages:
+    """The uint8 (M, C, H, W) reference images for KID / precision-recall (bounded, see
+    above), read from the cache only where their features are not cached yet, a batch at a
+    time."""
     ds = gen_cache(paths, profile, data_spec)
-    return balanced_images(ds, fid.reference, fid.reference_images or num_samples)
+    labels = np.asarray(getattr(ds, f"{fid.reference}_labels"))
+    idx = balanced_subset(labels, fid.reference_images or num_samples, len(ds.classes))
+    return SplitImages(getattr(ds, f"{fid.reference}_images"), idx)

@@ -2,9 +2,11 @@
 
 Samples come in fixed chunks of `sample.batch_size`: chunk b holds samples [b*B, (b+1)*B),
 labels cycling through the classes, and draws its noise from (seed, b) alone. Ranks take
-contiguous runs of chunks and the decoded images are gathered in chunk order, so 1 and N ranks
-give the same samples. Scoring goes through torch-fidelity on rank 0 (it writes the reference
-statistics cache; one writer) and every rank gets the scores.
+contiguous runs of chunks, so 1 and N ranks give the same samples. Each rank keeps and scores
+its own samples (50k ImageNet samples are 9.8 GB: gathered, every rank held them all): it
+extracts their features, and only FID's float64 sums and the set metrics' features reach rank
+0, in sample order, which scores them against the references (it writes the reference caches;
+one writer); every rank gets the scores.
 
 Samples are generated first and passed as a dataset (torch-fidelity 0.4.0 crashes on
 class-conditional generator inputs). Metrics on the FeatNet features carry `_featnet`, the
@@ -24,15 +26,15 @@ from torch import nn
 from pixbench import distributed
 from pixbench.config import Paths
 from pixbench.errors import UserError
-from pixbench.eval.fidelity import fidelity_metrics
+from pixbench.eval.fidelity import fidelity_metrics, sample_features
 from pixbench.eval.inception import inception_weights, read_fid_reference
-from pixbench.eval.refstats import fid_from_stats, stream_stats, tensor_batches
+from pixbench.eval.refstats import RunningStats, fid_from_stats, stream_sums, tensor_batches
 from pixbench.models.diffusion import sample
 from pixbench.config import DitSpec, FidConfig, SampleConfig
 from pixbench.runio import load_checkpoint, read_json
 from pixbench.tasks.gen.featnet import featnet_path, reference_cache_name
 from pixbench.tasks.gen.latents import read_manifest, tokenizer_dir
-from pixbench.tasks.gen.parallel import chunked, from_main
+from pixbench.tasks.gen.parallel import chunked_local, features_to_main, from_main
 from pixbench.tasks.gen.reference import reference_stats, set_reference
 from pixbench.tasks.gen.tokenizer import decode_latents, latent_geometry, load_tokenizer
 from pixbench.rng import generator
@@ -100,8 +102,10 @@ def class_labels(n: int, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def draw_samples(model: nn.Module, ctx: SamplingContext, *, n: int, seed: int,
                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """n decoded samples (uint8 (n, C, H, W)) and their labels (n,), on every rank; each rank
-    samples its chunks. The result depends on the seed and sample.batch_size only."""
+    """This rank's decoded samples (uint8 (n_rank, C, H, W): its contiguous run of chunks, all
+    n on one process) and every sample's label (n,). The samples depend on the seed and
+    sample.batch_size only; ranks keep their own (score_samples scores them where they are,
+    dit_eval.write_samples hands them to rank 0 chunk by chunk): no rank holds every image."""
     s = ctx.sample
     device = device or next(model.parameters()).device
     labels = class_labels(n, ctx.num_classes)
@@ -116,48 +120,82 @@ def draw_samples(model: nn.Module, ctx: SamplingContext, *, n: int, seed: int,
     chans, f = ctx.tokenizer.config.out_channels, latent_geometry(ctx.tokenizer)[1]
     _, h, w = ctx.latent_shape
     empty = (torch.zeros(0, chans, h * f, w * f, dtype=torch.uint8),)
-    (images,) = chunked(n, s.batch_size, chunk, empty)
+    (images,) = chunked_local(n, s.batch_size, chunk, empty)
     return images, labels
 
 
 def score_samples(images: torch.Tensor, ctx: SamplingContext, *, full: bool) -> dict:
     """FID (and with `full`: IS, KID, precision/recall, Inception metrics where possible and
-    FID against the ADM reference), computed on rank 0, returned on every rank."""
+    FID against the ADM reference) of every rank's samples (`images`: this rank's, as
+    draw_samples returns them), on every rank. Each rank extracts its own samples' features;
+    FID's float64 sums (n, sum f, sum f f^T) and the set metrics' features go to rank 0, which
+    adds or concatenates them in rank order (= sample order) and scores against the
+    references (it writes their caches: one writer). One process: the numbers are bitwise
+    those of scoring all images in one place; several: equal up to float summation order."""
     out = {}
-    if distributed.is_main():
-        out["fid_featnet"] = _fid(images, ctx, "featnet", ctx.featnet_weights)
-        if full:
-            out.update(_set_metrics(images, ctx, "featnet", ctx.featnet_weights))
-        inc = ctx.inception if full else None
-        gen = stream_stats(tensor_batches(images, "inception"), "inception", inc) \
-            if inc is not None and (ctx.fid.inception or ctx.fid_ref is not None) else None
-        if gen is not None and ctx.fid.inception:
-            out["fid_inception"] = _fid(images, ctx, "inception", inc, gen)
-            out.update(_set_metrics(images, ctx, "inception", inc))
-        if gen is not None and ctx.fid_ref is not None:
-            out["fid_inception_ref"] = fid_from_stats(gen, ctx.fid_ref)
-            out["fid_ref_sha256"] = ctx.fid_ref["sha256"]
-    return from_main(out)
+    n = int(distributed.gather_rows(torch.tensor([len(images)])).sum())  # samples, all ranks
+    w = ctx.featnet_weights
+    out["fid_featnet"] = _fid(ctx, "featnet", w, _gen_stats(images, "featnet", w))
+    if full:
+        out.update(_set_metrics(images, n, ctx, "featnet", w))
+    inc = ctx.inception if full else None
+    gen = _gen_stats(images, "inception", inc) \
+        if inc is not None and (ctx.fid.inception or ctx.fid_ref is not None) else None
+    if inc is not None and ctx.fid.inception:
+        out["fid_inception"] = _fid(ctx, "inception", inc, gen)
+        out.update(_set_metrics(images, n, ctx, "inception", inc))
+    if gen is not None and ctx.fid_ref is not None:
+        out["fid_inception_ref"] = fid_from_stats(gen, ctx.fid_ref)
+        out["fid_ref_sha256"] = ctx.fid_ref["sha256"]
+    return from_main(out if distributed.is_main() else {})
 
 
-def _fid(images: torch.Tensor, ctx: SamplingContext, extractor: str, weights: Path,
-         gen: dict | None = None) -> float:
-    """FID of the samples against the cached reference statistics."""
+def _gen_stats(images: torch.Tensor, extractor: str, weights: Path) -> dict | None:
+    """FID statistics {mu, sigma, n} of every rank's samples on rank 0 (None elsewhere): each
+    rank folds its own samples into float64 sums (in FID batches from its first sample: one
+    process batches exactly as before) and rank 0 adds the ranks' sums in rank order."""
+    acc = stream_sums(tensor_batches(images, extractor), extractor, weights) if len(images) \
+        else RunningStats()
+    if distributed.world_size() > 1:
+        mine = [] if acc.n == 0 else [torch.tensor([acc.n]), torch.from_numpy(acc.s1),
+                                      torch.from_numpy(acc.s2)]  # (1,), (D,), (D, D)
+        acc, got = RunningStats(), []
+
+        def take(i: int, piece: torch.Tensor) -> None:
+            got.append(piece)
+            if i == 2:  # one rank's (n, s1, s2) complete: one rank's sums held at a time
+                acc.merge(int(got[0]), got[1].numpy(), got[2].numpy())
+                got.clear()
+
+        distributed.to_main(mine, take)
+    return acc.result() if distributed.is_main() else None
+
+
+def _fid(ctx: SamplingContext, extractor: str, weights: Path, gen: dict | None) -> float | None:
+    """FID of the samples' statistics `gen` (_gen_stats) against the cached reference
+    statistics, on rank 0 (None elsewhere, where `gen` is None)."""
+    if not distributed.is_main():
+        return None
     ref = reference_stats(ctx.paths, ctx.profile, ctx.fid, ctx.data_spec, extractor, weights)
-    gen = gen or stream_stats(tensor_batches(images, extractor), extractor, weights)
     return fid_from_stats(gen, ref)
 
 
-def _set_metrics(images: torch.Tensor, ctx: SamplingContext, extractor: str,
+def _set_metrics(images: torch.Tensor, n: int, ctx: SamplingContext, extractor: str,
                  weights: Path) -> dict:
-    """IS, KID and precision/recall through torch-fidelity, against the bounded set."""
+    """IS, KID and precision/recall through torch-fidelity against the bounded set, on rank 0
+    (empty elsewhere): every rank extracts its samples' features, rank 0 gets them all in
+    sample order (features_to_main) and scores them as it would the n images."""
     f = ctx.fid
-    ref = set_reference(ctx.paths, ctx.profile, f, ctx.data_spec, images.shape[0])
+    metrics = dict(extractor=extractor, weights_path=weights, isc=True, fid=False, kid=True,
+                   prc=True)
+    feats = features_to_main(sample_features(images, **metrics) if len(images) else None)
+    if not distributed.is_main():
+        return {}
+    ref = set_reference(ctx.paths, ctx.profile, f, ctx.data_spec, n)
     suffix = "" if extractor == "featnet" else "-inc"
-    return fidelity_metrics(images, ref, extractor=extractor, weights_path=weights,
-                            ref_cache_name=ctx.ref_cache_name + suffix,
-                            cache_root=ctx.paths.cache_dir / "fidelity", fid=False,
-                            kid_subset_size=min(f.kid_subset_size, images.shape[0], len(ref)),
+    return fidelity_metrics(feats, ref, **metrics, ref_cache_name=ctx.ref_cache_name + suffix,
+                            cache_root=ctx.paths.cache_dir / "fidelity",
+                            kid_subset_size=min(f.kid_subset_size, n, len(ref)),
                             prc_neighborhood=f.prc_neighborhood)
 
 

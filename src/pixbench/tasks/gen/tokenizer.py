@@ -124,11 +124,13 @@ def latent_geometry(model) -> tuple[int, int]:
     return model.config.latent_channels, 2 ** (len(model.config.block_out_channels) - 1)
 
 
-def encode_sharded(model, images: np.ndarray, device: torch.device,
-                   decode: bool = False) -> tuple[torch.Tensor, ...]:
+def encode_sharded(model, images: np.ndarray, device: torch.device, decode: bool = False,
+                   main_only: bool = False) -> tuple[torch.Tensor, ...]:
     """Every rank encodes its chunks of uint8 (N, H, W, C) images; all ranks get (latents
-    (N, c, h, w), codes (N, h, w)), plus the uint8 reconstructions (N, C, H, W) with `decode`.
-    Chunks are CHUNK images whatever the world size, so the rows equal `encode_images`'."""
+    (N, c, h, w), codes (N, h, w)), plus the uint8 reconstructions (N, C, H, W) with `decode`;
+    with `main_only` only rank 0 gets all N rows (the others keep their own): for results
+    only rank 0 scores. Chunks are CHUNK images whatever the world size, so the rows equal
+    `encode_images`'."""
     n, size, _, chans = images.shape
     c, f = latent_geometry(model)
 
@@ -141,7 +143,7 @@ def encode_sharded(model, images: np.ndarray, device: torch.device,
     empty = (torch.zeros(0, c, size // f, size // f), torch.zeros(0, size // f, size // f,
                                                                 dtype=torch.int32),
              torch.zeros(0, chans, size, size, dtype=torch.uint8))
-    return chunked(n, CHUNK, one, empty if decode else empty[:2])
+    return chunked(n, CHUNK, one, empty if decode else empty[:2], main_only=main_only)
 
 
 @torch.no_grad()
