@@ -138,7 +138,11 @@ def test_two_profiles_two_reports_gray_detected_and_no_reference(studied):
         summary = json.loads((repo / "reports" / name / "summary.json").read_text())
         assert summary["n"] == 2 and summary["cells"] == 2
         assert set(summary["top1"]) == set(summary["top1_sd"]) == {"p2", "p4"}
-    assert "estimate" in outs[("gray", "sweep")].lower()
+    # the budget rule: 144 images at batch 32 are 4 steps an epoch; min_steps 12 makes 3 epochs
+    assert "at least 12 optimizer steps (min_steps: 3 epochs trained" in gray
+    assert "est. time" in outs[("gray", "sweep")] and "total:" in outs[("gray", "sweep")]
+    logs = list((repo / "logs" / "studies").glob("*/classify-xxs-p4-s0.log"))
+    assert logs and any(" eta " in log.read_text() for log in logs)  # progress with an ETA
 
 
 def test_dvc_status_is_clean_and_metrics_fit_a_terminal(studied):

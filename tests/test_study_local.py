@@ -173,3 +173,15 @@ def test_sigterm_checkpoints_the_running_cells_and_a_rerun_ends_bitwise_equal(tm
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     _assert_same_as_run_alone(repo, tmp_path, patch=2)
+
+
+def test_a_long_cell_shows_its_latest_progress_line(tmp_path):
+    """`study run` / `sweep` print a running cell's last progress line (step, ETA) from its log
+    at least every PROGRESS_EVERY_S, so a 10-minute cell is never silent."""
+    from pixbench.study.local import last_progress
+
+    log = tmp_path / "cell.log"
+    assert last_progress(log) is None
+    log.write_text("loading\n" + "x" * 5000 + "\nclassify-xxs-p1-s0 step 40/120 | 33% elapsed 30s "
+                   "eta 40s\nstep 80/120 | 67% elapsed 60s eta 20s\nwarning: slow disk\n")
+    assert last_progress(log) == "step 80/120 | 67% elapsed 60s eta 20s"

@@ -64,8 +64,9 @@ class TaskJob(Checkpointable):
     """One run of a task, picklable: the resolved spec and absolute paths, nothing else."""
 
     def __init__(self, task: str, spec: dict, paths: dict, stale: str = "error",
-                 device: str = "auto") -> None:
+                 device: str = "auto", progress: bool = False) -> None:
         self.task, self.spec, self.paths, self.stale, self.device = task, spec, paths, stale, device
+        self.progress = progress  # progress lines with an ETA (on stderr: the cell's log)
 
     def __call__(self) -> dict:
         from pixbench.config import Paths
@@ -74,7 +75,8 @@ class TaskJob(Checkpointable):
         with distributed_from_slurm():
             entry = task_entry(self.task)
             return entry.run(entry.spec.model_validate(self.spec), Paths(**self.paths),
-                             stale=self.stale, device=self.device, progress=False)
+                             stale=self.stale, device=self.device,
+                             progress=getattr(self, "progress", False))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Requeue a fresh instance; it resumes from the run's ckpt/last.pt, which the runner

@@ -79,12 +79,16 @@ def environment(rows: list[dict]) -> list[str]:
             f"{th} threads" for cpu, gpu, dev, t, tm, th in seen]
 
 
-def recipe_summary(params: Params) -> list[str]:
+def recipe_summary(params: Params, rows: list[dict]) -> list[str]:
     prof = params.active
     c, d = prof.classify, prof.data
+    trained = sorted({r["epochs"] for r in rows if isinstance(r.get("epochs"), int)})
+    budget = f"{c.epochs} epochs" if c.min_steps is None else (
+        f"{c.epochs} epochs but at least {c.min_steps} optimizer steps (min_steps: "
+        f"{', '.join(map(str, trained)) or '?'} epochs trained on this dataset)")
     return [f"- Profile `{params.profile}`: {d.source} at {d.image_size}x{d.image_size}, "
             f"train subset {c.train_subset or 'all'}, val {c.val_subset or 'all'} images; "
-            f"{c.epochs} epochs, batch {c.batch_size}, AdamW lr {c.optim.lr:g} (per "
+            f"{budget}, batch {c.batch_size}, AdamW lr {c.optim.lr:g} (per "
             f"{c.optim.lr_ref_batch}), wd {c.optim.weight_decay:g}, warm-up "
             f"{c.optim.warmup_epochs:g} ep + cosine, label smoothing {c.label_smoothing:g}, "
             f"pool {c.pool}, augmentation {c.augment.model_dump()}.",
@@ -128,7 +132,7 @@ def pixel_vs_best(groups: dict[tuple, list[dict]]) -> list[str]:
 
 
 def classify_section(params: Params, rows: list[dict], out_dir: Path) -> list[str]:
-    lines = ["## Classification", ""] + recipe_summary(params) + [""]
+    lines = ["## Classification", ""] + recipe_summary(params, rows) + [""]
     if not rows:
         lines += [f"No finished runs for profile {params.profile}.", ""]
     by_dataset: dict[tuple, dict] = defaultdict(dict)

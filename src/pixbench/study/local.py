@@ -74,6 +74,22 @@ def _output_to(log: Path):
             os.close(saved[0]), os.close(saved[1])
 
 
+PROGRESS_EVERY_S = 30.0  # a running cell's progress is shown at least this often
+
+
+def last_progress(log: Path) -> str | None:
+    """The last progress line a cell wrote to its log (trainer: `step s/S ... eta`), or None;
+    reads only the log's tail."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in tail if " eta " in ln]
+    return lines[-1] if lines else None
+
+
 def _run_cell(job, log: str) -> float:
     """Run one launch.TaskJob with its output in `log`; its wall seconds."""
     start = time.perf_counter()
@@ -171,13 +187,18 @@ def run_cells(cells: list, *, jobs: int, threads: int, folder: Path, paths,
                            key=lambda n: (-priority[n], n))
             for name in ready[:jobs - len(running)]:
                 cell = by_name[name]
-                job = TaskJob(cell.task, cell.spec.canonical(), abs_paths, cell.stale, cell.device)
+                job = TaskJob(cell.task, cell.spec.canonical(), abs_paths, cell.stale, cell.device,
+                              progress=True)
                 running[pool.submit(_run_cell, job, str(folder / f"{cell.run_id}.log"))] = name
                 todo.discard(name)
                 say(f"start  {name}")
             if not running:
                 break  # what is left waits for a failed cell
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
+            if not finished:  # a long cell: its latest progress line (step, ETA) from its log
+                for name in sorted(running.values()):
+                    line = last_progress(folder / f"{by_name[name].run_id}.log")
+                    say(f"...    {name}: {line}" if line else f"...    {name}: running")
             for future in finished:
                 name = running.pop(future)
                 try:
