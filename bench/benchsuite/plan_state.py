@@ -107,7 +107,7 @@ def _plan(cfg, out: Path, root: Path, n: dict) -> Path:
 
     with mock.patch.object(workdir, "_class_dirs", lambda sd: [sd / w for w in _wnids(k)]), \
             mock.patch.object(workdir, "_class_files", files), \
-            mock.patch.object(workdir, "_check_root", lambda r: None), \
+            mock.patch.object(workdir, "split_folder", lambda r, s: Path(r) / s), \
             mock.patch.object(Path, "is_dir", lambda self: True):
         return stream.make_plan(cfg, out, root)
 
