@@ -317,7 +317,7 @@ from pixbench.study import local
 
 
 class Job:
-    def __init__(self, task, spec, paths, stale, device):
+    def __init__(self, task, spec, paths, stale, device, progress=False):
         self.task = task
 
     def __call__(self):
