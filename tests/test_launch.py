@@ -10,6 +10,7 @@ from pixbench import cluster, launch
 from pixbench.tasks.table import Task
 from pixbench.config import Paths, load_params, make_classify_spec
 from pixbench.errors import UserError
+from conftest import make_tiny_cache
 
 
 def test_repo_cluster_profiles_validate():
@@ -98,3 +99,41 @@ def test_the_merge_job_depends_on_the_shards_and_dies_with_them(monkeypatch, tmp
                         wait=False)
     assert made[0] == ("prep-shards", None)
     assert made[1] == ("prep-merge", got["shard_jobs"]) and len(got["shard_jobs"]) == 2
+
+
+def test_a_prepared_cache_is_trusted_for_what_was_checked_and_that_is_said(tiny_project,
+                                                                           monkeypatch, capsys):
+    """`finished` for a prepare (what keeps a study from preparing again) loads the cache with
+    the quick check: a large file is sampled, not read whole. It says so once, naming the
+    sampled files and `data verify`; that full check still finds a flipped byte the sample
+    misses; a truncated file is never finished."""
+    from pixbench.config.pipeline import make_prepare_spec
+    from pixbench.data import cache
+
+    params = load_params(tiny_project)
+    spec, paths = make_prepare_spec(params, gen=False), Paths()
+    out = paths.cache_for(spec.profile)
+    done = launch.finished("prepare", spec, paths)
+    assert done["checked"] == f"{out}: every byte checked against its manifest's sha256"
+    monkeypatch.setattr(cache, "FULL_HASH_MAX", 1 << 16)  # train_images.npy: sampled now
+    monkeypatch.setattr(cache, "PROBE_BLOCK", 1 << 10)
+    make_tiny_cache(out, n_train=4096)  # 256 KiB; its manifest's quick hash: the sampled one
+    capsys.readouterr()
+    for _ in range(2):
+        done = launch.finished("prepare", spec, paths)
+    said = capsys.readouterr().err
+    assert said.count("note: ") == 1 and "a sample of 64 x 1 KiB of train_images.npy (" in said
+    assert "`pixbench data verify` reads every byte" in said and done["checked"] in said
+    images = out / "train_images.npy"
+    size = images.stat().st_size
+    assert size > 1 << 16
+    step = (size - (1 << 10)) / 63
+    pos = round(step / 2)  # between the first two probe blocks
+    data = bytearray(images.read_bytes())
+    data[pos] ^= 0xFF
+    images.write_bytes(bytes(data))
+    assert launch.finished("prepare", spec, paths) is not None  # the sample cannot see it
+    with pytest.raises(UserError, match="sha256 does not match"):
+        cache.verify_cache(out)
+    images.write_bytes(bytes(data[:-1]))
+    assert launch.finished("prepare", spec, paths) is None

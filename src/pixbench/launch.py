@@ -128,14 +128,20 @@ def finished(task: str, spec, paths, stale: str = "restart") -> dict | None:
                             paths.runs_dir, delete=False)
 
 
+_SAID: set[str] = set()  # caches whose check this process reported (finished runs per cell)
+
+
 def _prepared(spec, paths) -> dict | None:
     """A cache that loads (manifest checksum, sizes, shapes, quick hashes: the checks training
-    makes) and was written for this data config; else None (prepare writes a fresh one). Its
-    identity for DVC (tasks/prepare.py) is written where a prepare that ran elsewhere (a SLURM
-    shard merge) left none: derived from the checked manifest, so a recording never misses it."""
+    makes) and was written for this data config; else None (prepare writes a fresh one). What
+    that trusted is said once (a sampled hash of large files: `data verify` is the full check).
+    Its identity for DVC (tasks/prepare.py) is written where a prepare that ran elsewhere (a
+    SLURM shard merge) left none: derived from the checked manifest, so a recording never
+    misses it."""
     import json
+    import sys
 
-    from pixbench.data.cache import load_cache
+    from pixbench.data.cache import load_cache, what_verify_checks
     from pixbench.runio import atomic_write_json
     from pixbench.tasks.prepare import data_identity
 
@@ -156,7 +162,12 @@ def _prepared(spec, paths) -> dict | None:
         same = False
     if not same:
         atomic_write_json(identity, manifest)
-    return {"run_id": spec.run_id, "path": str(out), "counts": manifest["counts"],
+    checked = what_verify_checks(out, manifest)
+    if checked not in _SAID:
+        _SAID.add(checked)
+        print(f"note: {spec.run_id} reuses {checked}", file=sys.stderr, flush=True)
+    return {"run_id": spec.run_id, "path": str(out), "checked": checked,
+            "counts": manifest["counts"],
             "image_size": manifest["image_size"], "channels": manifest["channels"],
             "num_classes": manifest["num_classes"]}
 

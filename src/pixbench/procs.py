@@ -32,6 +32,22 @@ def worker_dies_with(parent: int, signum: int = signal.SIGKILL) -> None:
     without its parent and would otherwise sleep forever on a pipe nobody writes (its own
     copy keeps the pipe open). SIGKILL for workers that hold nothing worth saving; a study
     worker takes SIGTERM so its cell checkpoints first. Called first thing in the worker, so
-    a parent already gone (pid changed: reparented) ends it now."""
-    if pdeathsig(signum) and os.getppid() != parent:
+    a parent already gone (pid changed: reparented) ends it now.
+
+    Under forkserver (Python 3.14's default on Linux) the worker's parent is the fork server,
+    not `parent`: the signal then comes when the server goes, which it does when `parent`
+    does (it watches a pipe from it); so only a changed parent *and* `parent` gone end it."""
+    if pdeathsig(signum) and os.getppid() != parent and not _alive(parent):
         os.kill(os.getpid(), signum)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting to be reaped, not someone else's process on its pid)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (ProcessLookupError, PermissionError):
+        return False
+    except OSError:  # no /proc: the signal said it exists
+        return True

@@ -22,6 +22,7 @@ committed results and resume to stay exact; JPEG decoders (simplejpeg, pyturbojp
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 from dataclasses import dataclass, replace
@@ -34,18 +35,73 @@ import torch
 from pixbench import distributed
 from pixbench.config import AugmentConfig
 from pixbench.data import augment
+from pixbench.errors import UserError
 from pixbench.procs import worker_dies_with
 from pixbench.rng import epoch_order, generator
 
 PREFETCH = 2  # batches queued per worker: enough to hide one slow read behind a step
 
 
+@dataclass(frozen=True)
+class MapRef:
+    """A read-only memory map by reference: the file, where the array's bytes start in it,
+    and the file's identity when the map was made (a cache swapped in since is refused)."""
+
+    path: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+    ident: tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+
+    @classmethod
+    def of(cls, arr: np.ndarray) -> "MapRef | None":
+        """The reference of a C-ordered read-only np.memmap (a view of one too), else None."""
+        base = arr
+        while base is not None and not isinstance(base, mmap.mmap):
+            base = base.base
+        if not isinstance(arr, np.memmap) or base is None or getattr(arr, "mode", None) != "r" \
+                or not arr.flags.c_contiguous or arr.filename is None:
+            return None
+        # numpy maps from the offset rounded down to the allocation granularity (np.memmap);
+        # the array's first byte lies this far past the map's start
+        start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
+        into = arr.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data
+        st = os.stat(arr.filename)
+        return cls(arr.filename, start + into, tuple(arr.shape), arr.dtype.str,
+                   (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    def open(self) -> np.memmap:
+        st = os.stat(self.path)
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self.ident:
+            raise UserError(f"{self.path}: replaced while the run was starting its loader "
+                            "workers (a prepare finished meanwhile?); start the run again")
+        return np.memmap(self.path, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
+                         shape=self.shape)
+
+
 class Rows:
     """Rows `rows` of a uint8 (N, H, W, C) array (numpy, usually a memory map), never copied
-    whole: indexing gathers only the asked rows and returns a torch tensor."""
+    whole: indexing gathers only the asked rows and returns a torch tensor.
+
+    Pickled (a DataLoader worker under spawn or forkserver gets its dataset so), a memory map
+    travels as its `MapRef` and each worker maps the file again: a worker's memory is the rows
+    it reads, not the cache (pickling an np.memmap copies every byte: 47 MB for a 47 MB map).
+    Fork needs none of this; Python 3.14 makes forkserver Linux's default."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray) -> None:
         self.images, self.rows = images, np.asarray(rows, dtype=np.int64)
+        self._ref = MapRef.of(images)  # now: the file as it was when it was loaded
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self._ref is not None:
+            state["images"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.images is None:
+            self.images = self._ref.open()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -163,10 +219,11 @@ def _quiet_worker(parent: int, _: int) -> None:
     worker_dies_with(parent)
 
 
-def batches(dataset: StepBatches, start: int, *, workers: int,
-            pin: bool = False) -> Iterator[Batch]:
+def batches(dataset: StepBatches, start: int, *, workers: int, pin: bool = False,
+            start_method: str | None = None) -> Iterator[Batch]:
     """Items start.. of `dataset`, in order, produced `workers` processes ahead (0: here);
-    uint8 batches get their draws here."""
+    uint8 batches get their draws here. `start_method`: how workers start (fork, spawn,
+    forkserver); None: the platform's default."""
     steps = range(start, len(dataset))
     if workers == 0:
         items = (dataset[j].pin_memory() if pin else dataset[j] for j in steps)
@@ -174,7 +231,7 @@ def batches(dataset: StepBatches, start: int, *, workers: int,
         items = torch.utils.data.DataLoader(
             dataset, batch_size=None, sampler=steps, num_workers=workers, pin_memory=pin,
             prefetch_factor=PREFETCH, worker_init_fn=partial(_quiet_worker, os.getpid()),
-            generator=torch.Generator().manual_seed(0))
+            generator=torch.Generator().manual_seed(0), multiprocessing_context=start_method)
     for j, batch in zip(steps, items):
         yield batch if dataset.augment_here else replace(batch, draws=dataset.draws(j))
 

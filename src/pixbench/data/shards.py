@@ -104,12 +104,13 @@ def merge(work: Path, shards: int | None = None) -> dict:
 
     out = stream.cache_of(work)
     with lock.holding(out):
-        if not (work / stream.PLAN).is_file():
+        if not (work / stream.PLAN).is_file() and not stream.merged(work):
             if not (out / cache.MANIFEST).is_file():
                 raise UserError(f"{work}: the prepare's plan is gone and {out} holds no cache; "
                                 "re-run `pixbench data prepare`")
             return cache.load_cache(out).manifest
-        check_all_done(work, shards)
+        if not stream.merged(work):  # (merged: killed before its swap-in; finish ends it)
+            check_all_done(work, shards)
         try:
             return stream.finish(work)
         except stream.Incomplete:

@@ -86,8 +86,10 @@ def make_plan(cfg, out_dir: Path, root: Path, parts: int = 1) -> Path:
                 splits[s], n[s] = workdir.scan_split(root, s, tmp, h)
         check_same_classes(splits["train"], splits["val"])  # before hours of decoding
         work = work_dir(out_dir, h.hexdigest()[:16])
-        if (work / PLAN).is_file():
+        if (work / PLAN).is_file() or merged(work):
             return work
+        if work.exists():  # killed while a refusal removed it: neither a plan nor a cache
+            shutil.rmtree(work)
         _clean_other_work_dirs(out_dir, work)
         alloc = 1 if cfg.channels == 1 else 3  # auto: 3 until every image turns out gray
         plan = {"version": PLAN_VERSION, "source": cfg.source, "spec": cfg.model_dump(),
@@ -182,6 +184,8 @@ def decode_chunks(work: Path, ids: list[tuple[str, int]] | None = None,
             pool = start_pool(workers)
             if pool is not None:
                 stack.enter_context(pool)
+        if merged(work):  # every chunk decoded and merged: finish swaps it in
+            return 0
         plan = read_plan(work)
         ids = chunk_ids(plan) if ids is None else ids
         progress = progress and sys.stderr.isatty()
@@ -249,15 +253,16 @@ def _path(work: Path, split: str, k: int) -> str:
     return workdir.paths(work, split, k, k + 1)[0]
 
 
-def _check_bad(work: Path, plan: dict, bad: dict, labels: dict) -> None:
-    """Unreadable files: refused, naming the first, unless data.skip_corrupt; a class left
-    without images is refused either way."""
+def _check_bad(work: Path, plan: dict, bad: dict) -> None:
+    """Unreadable files: refused, naming the first, unless data.skip_corrupt; a class or a
+    split left without images is refused either way."""
     flat = [(s, k, why) for s in cache.SPLITS for k, why in bad[s]]
     if flat and not plan["spec"]["skip_corrupt"]:
         s, k, why = flat[0]
         more = f"; {len(flat) - 1} more unreadable image files" if len(flat) > 1 else ""
         raise UserError(f"{shown(_path(work, s, k))}: cannot decode image ({why}){more}; "
                         "set data.skip_corrupt: true to leave them out")
+    labels = {s: np.load(work / f"{s}_labels.npy") for s in cache.SPLITS}
     for s in cache.SPLITS:
         keep = np.ones(len(labels[s]), dtype=bool)
         keep[[k for k, _ in bad[s]]] = False
@@ -265,6 +270,9 @@ def _check_bad(work: Path, plan: dict, bad: dict, labels: dict) -> None:
         if emptied:
             raise UserError(f"{shown(Path(_path(work, s, 0)).parents[1])}: no readable "
                             f"images left in class folders {listed(emptied)}")
+    for s in cache.SPLITS:
+        if len(bad[s]) == len(labels[s]):
+            raise UserError(f"{plan['spec']['source']}: the {s} split has no images")
 
 
 def _windows(path: Path, shape: tuple, step: int):
@@ -282,24 +290,39 @@ def _windows(path: Path, shape: tuple, step: int):
 
 def _compact(work: Path, split: str, shape: list, drop: list[int], channels: int) -> tuple:
     """Rewrite a split without the rows in `drop` and with `channels` channels (the first:
-    gray images were replicated); returns its final shape."""
-    path = work / f"{split}_images.npy"
-    if not drop and shape[3] == channels:
-        return tuple(shape)
+    gray images were replicated); returns its final shape. Rerun-safe: the new files are made
+    beside the old, then a journal (`<split>_compacted.json`) names their moves, then they
+    move; a merge killed anywhere here finishes the moves on its rerun, never compacts twice."""
+    journal = work / f"{split}_compacted.json"
+    if not journal.is_file():
+        if not drop and shape[3] == channels:
+            return tuple(shape)
+        new = _compacted_files(work, split, shape, drop, channels)
+        atomic_write_bytes(journal, json.dumps({"shape": new}).encode())
+    new = tuple(json.loads(journal.read_text())["shape"])
+    for kind in ("images", "labels"):  # a move done before a kill: its source is gone
+        src = work / f"{split}_{kind}.new.npy"
+        if src.is_file():
+            os.replace(src, work / f"{split}_{kind}.npy")
+    return new
+
+
+def _compacted_files(work: Path, split: str, shape: list, drop: list[int],
+                     channels: int) -> list[int]:
+    """`<split>_images.new.npy` (and labels when rows drop) without `drop`, `channels` wide."""
     keep = np.ones(shape[0], dtype=bool)
     keep[drop] = False
-    new = (int(keep.sum()), shape[1], shape[2], channels)
+    new = [int(keep.sum()), shape[1], shape[2], channels]
     tmp = work / f"{split}_images.new.npy"
-    offset = _preallocate(tmp, new)
+    offset = _preallocate(tmp, tuple(new))
     step = chunk_len(shape[1], shape[3])
     rows = (mm[keep[lo:lo + len(mm)], ..., :channels] for lo, mm in
-            _windows(path, tuple(shape), step))
+            _windows(work / f"{split}_images.npy", tuple(shape), step))
     for k, block in enumerate(_rebatch(rows, step)):
         npyfile.write_rows(tmp, offset, k * step, block)  # synced with the rest by finish
-    os.replace(tmp, path)
     if drop:
         labels = np.load(work / f"{split}_labels.npy")
-        np.save(work / f"{split}_labels.npy", labels[keep])
+        np.save(work / f"{split}_labels.new.npy", labels[keep])
     return new
 
 
@@ -317,21 +340,30 @@ def _rebatch(blocks, step: int):
         yield np.concatenate(buf)
 
 
+def merged(work: Path) -> bool:
+    """The merge wrote this work dir's manifest and dropped its plan but was killed before the
+    swap-in: its cache is whole, and `finish` only swaps it in."""
+    return (work / cache.MANIFEST).is_file() and not (work / PLAN).is_file()
+
+
 def finish(work: Path) -> dict:
     """Merge: statistics, unreadable files, channels, hashes, manifest, swap in."""
+    if merged(work):  # checked like any cache before it replaces the one in place
+        manifest = cache.load_cache(work, verify=True).manifest
+        _drop_plan(work)
+        cache.swap_in(work, cache_of(work))
+        return manifest
     plan = read_plan(work)
     out_dir, spec = Path(plan["out_dir"]), plan["spec"]
     tally = _markers(work, plan)
-    labels = {s: np.load(work / f"{s}_labels.npy") for s in cache.SPLITS}
     bad = tally["bad"]
-    _check_bad(work, plan, bad, labels)
+    if not any((work / f"{s}_compacted.json").is_file() for s in cache.SPLITS):
+        _check_bad(work, plan, bad)  # (a rerun past a compaction passed it: labels moved)
     channels = 1 if spec["channels"] == "auto" and tally["gray"] else plan["alloc"]
     hist = tally["hist"][:channels]
     shapes, skipped = {}, {}
     for s in cache.SPLITS:
         drop = [k for k, _ in bad[s]]
-        if len(drop) == len(labels[s]):
-            raise UserError(f"{spec['source']}: the {s} split has no images")
         with writing(out_dir / f"{s}_images.npy"):
             shapes[s] = _compact(work, s, plan["splits"][s]["shape"], drop, channels)
         if drop:  # nothing lost silently: what was left out is on record
@@ -350,13 +382,18 @@ def finish(work: Path) -> dict:
     with writing(out_dir / cache.MANIFEST):
         atomic_write_bytes(work / cache.MANIFEST,
                            (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    shutil.rmtree(work / DONE)
-    (work / PLAN).unlink()
-    for s in cache.SPLITS:  # the plan's paths: not part of the cache
-        for name in (f"{s}_paths.bin", f"{s}_paths.idx"):
-            (work / name).unlink(missing_ok=True)
+    (work / PLAN).unlink()  # from here on the work dir is `merged`: a rerun swaps it in
+    _drop_plan(work)
     cache.swap_in(work, out_dir)
     return manifest
+
+
+def _drop_plan(work: Path) -> None:
+    """The plan's markers and paths: not part of the cache."""
+    shutil.rmtree(work / DONE, ignore_errors=True)
+    for s in cache.SPLITS:
+        for name in (f"{s}_paths.bin", f"{s}_paths.idx", f"{s}_compacted.json"):
+            (work / name).unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
