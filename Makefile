@@ -43,7 +43,8 @@ repro: install dataset
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest --benchmark-skip bench/test_bench_smoke.py \
-	  bench/test_scale_prepare.py bench/test_scale_loader.py bench/test_machine_kinds.py
+	  bench/test_scale_prepare.py bench/test_scale_loader.py bench/test_machine_kinds.py \
+	  bench/test_rehearsal_render.py bench/test_study_report.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 # Tooling that is not the installed library runs from the checkout with its folders on the

@@ -1,10 +1,17 @@
 """Derived figures, targets and the extrapolation to ImageNet-1k of a scale rehearsal
 (rehearsal.py), written as reports/bench/scale-prepare.{json,md}; memory per node:
-rehearsal_nodes.py."""
+rehearsal_nodes.py. DVC's cost of recording the cache comes from dvc-record.json beside it
+(bench/test_dvc_record.py), when that file is there.
+
+    PYTHONPATH=bench:src python -m benchsuite.rehearsal_report [reports/bench]
+
+re-renders scale-prepare.md from the JSON already written (no rehearsal, no re-derivation).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from benchsuite import rehearsal_nodes
@@ -98,16 +105,39 @@ def derive(doc: dict) -> dict:
     return out
 
 
+def dvc_record_cost(disk_gib: float, rec: dict) -> dict:
+    """Recording a cache of `disk_gib` in DVC, from dvc-record.json (`rec`): now its identity
+    file, a constant (DVC never reads the cache); before, a DVC-cached out: md5 + a copy into
+    .dvc/cache at the measured seconds per byte copied (the measured cache was in the page
+    cache on a local disk), and the copy's disk."""
+    per_byte = rec["cached_out_s"] / rec["cached_out_copied_bytes"]
+    return {"now_s": rec["identity_s"], "before_s": per_byte * disk_gib * GIB,
+            "before_copy_gib": disk_gib}
+
+
+def _dvc_record(folder: Path) -> dict | None:
+    path = folder / "dvc-record.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write(doc: dict, out_dir: Path, name: str = "scale-prepare") -> Path:
     doc = {**doc, "derived": derive(doc)}
     out_dir.mkdir(parents=True, exist_ok=True)
     # temp file + rename: an interrupted write never leaves a half note (runio)
     atomic_write_bytes(out_dir / f"{name}.json", (json.dumps(doc, indent=2) + "\n").encode())
-    atomic_write_bytes(out_dir / f"{name}.md", markdown(doc).encode())
+    atomic_write_bytes(out_dir / f"{name}.md", markdown(doc, _dvc_record(out_dir)).encode())
     return out_dir / f"{name}.md"
 
 
-def markdown(doc: dict) -> str:
+def render(folder: Path, name: str = "scale-prepare") -> Path:
+    """NAME.md again from the NAME.json in `folder`, as written: derive() is not re-run, since
+    it reads the current code (stream.chunk_len) and the figures must stay those measured."""
+    doc = json.loads((folder / f"{name}.json").read_text())
+    atomic_write_bytes(folder / f"{name}.md", markdown(doc, _dvc_record(folder)).encode())
+    return folder / f"{name}.md"
+
+
+def markdown(doc: dict, dvc: dict | None = None) -> str:
     d, m = doc["derived"], doc["machine"]
     lines = [
         "# Scale rehearsal: `pixbench data prepare` (issues 15, 26)", "",
@@ -137,16 +167,40 @@ def markdown(doc: dict) -> str:
     lines += ["", "## Extrapolation to ImageNet-1k (1,281,167 train + 50,000 val)", "",
               f"sha256 on this CPU: {doc['hash_gbps']} GiB/s (the merge's one full pass). Wall "
               "assumes decoding scales with cores and storage delivers the JPEGs in time.", ""]
-    lines += _state_lines(doc)
+    lines += _state_lines(doc) + _dvc_lines(dvc)
     lines += ["| setting | peak RSS GiB, this VM's workers | upper bound GiB | disk GiB | "
               "CPU core-h | wall h, one "
-              "32-core node | wall h, 16 x 32-core array | of which merge h |",
-              "|---|---|---|---|---|---|---|---|"]
+              "32-core node | wall h, 16 x 32-core array | of which merge h |"
+              + (" DVC record now s | DVC record before h | before: copy in .dvc/cache GiB |"
+                 if dvc else ""),
+              "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if dvc else "")]
     for key, e in d["extrapolation"].items():
-        lines.append(f"| {key} | {e['peak_rss_gib']} | {e['peak_rss_gib_upper_bound']} | "
-                     f"{e['disk_gib']} | {e['cpu_core_hours']} | {e['wall_h_one_32_core_node']} | "
-                     f"{e['wall_h_16_task_array_of_32_cores']} | {e['merge_hours']} |")
+        row = (f"| {key} | {e['peak_rss_gib']} | {e['peak_rss_gib_upper_bound']} | "
+               f"{e['disk_gib']} | {e['cpu_core_hours']} | {e['wall_h_one_32_core_node']} | "
+               f"{e['wall_h_16_task_array_of_32_cores']} | {e['merge_hours']} |")
+        if dvc:
+            c = dvc_record_cost(e["disk_gib"], dvc)
+            row += (f" {c['now_s']:.2f} | {c['before_s'] / 3600:.3f} | "
+                    f"{c['before_copy_gib']} |")
+        lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+def _dvc_lines(dvc: dict | None) -> list[str]:
+    """How the DVC columns were derived (dvc-record.json), or why they are absent."""
+    if not dvc:
+        return ["DVC record: not shown (no dvc-record.json beside this report: "
+                "`pytest bench/test_dvc_record.py -m slow`).", ""]
+    per_gib = dvc["cached_out_s"] / dvc["cached_out_copied_bytes"] * GIB
+    return ["DVC record: recording the finished cache in DVC (dvc-record.json, "
+            f"bench/test_dvc_record.py: a {dvc['size_gb']:g} GiB cache in the page cache, "
+            "local disk, one run). Now DVC hashes the cache's identity, "
+            f"reports/data/<profile>.json: {dvc['identity_s']} s measured, the same whatever "
+            "the cache's size. Before, the cache was a DVC-cached out: md5 + a copy into "
+            f".dvc/cache at the measured {per_gib:.2f} s per GiB times the disk column "
+            "(extrapolated), and as much disk again; a cold cache on a network filesystem "
+            "costs more (not measured). It runs once, after the prepare (a study's last "
+            "job records every cell); it is not in the wall columns.", ""]
 
 
 def _state_lines(doc: dict) -> list[str]:
@@ -179,3 +233,7 @@ def _state_lines(doc: dict) -> list[str]:
     lines += ["", "Bytes per image: " + ", ".join(
         f"{k} {v:g}" for k, v in st["bytes_per_image"].items()) + ".", ""]
     return lines
+
+
+if __name__ == "__main__":
+    print(render(Path(sys.argv[1] if len(sys.argv) > 1 else "reports/bench")))
