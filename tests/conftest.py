@@ -62,6 +62,23 @@ TINY_PARAMS = {"profile": "tiny", "sweep": {"sizes": ["xxs"], "patches": [1, 2, 
                                      "mae": TINY_MAE}}}
 
 
+def imagefolder_cfg(root: Path, size: int, **kw):
+    """The data config of an ImageFolder tree at `root` (a test's generated one), at `size`
+    px unless kw says otherwise."""
+    from pixbench.config import DataConfig
+
+    base = dict(source="imagefolder", image_size=size, root=str(root),
+                allow_download=False, skip_corrupt=False, channels="auto", fast_decode=None)
+    return DataConfig(**{**base, **kw})
+
+
+def cache_bytes(cache_dir: Path) -> dict:
+    """Every file of a prepared cache, as bytes: what "byte-identical caches" compares."""
+    from pixbench.data.cache import FILES
+
+    return {n: (cache_dir / n).read_bytes() for n in [*FILES, "manifest.json"]}
+
+
 def make_tiny_cache(cache_dir: Path, data_cfg: dict = TINY_DATA, n_train: int = 256,
                     n_val: int = 64, classes: int = 4) -> dict:
     return make_cache(cache_dir, data_cfg, n_train, n_val, classes)

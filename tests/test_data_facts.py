@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import write_params
+from conftest import cache_bytes, imagefolder_cfg, write_params
 from pixbench.config import DataConfig, Paths, load_params
 from pixbench.data import prepare as prep
 from pixbench.data import shards, stream
-from pixbench.data.cache import FILES, load_cache
+from pixbench.data.cache import load_cache
 from pixbench.data.prepare import decode_file, prepare
 from pixbench.data.sources import Split
 from pixbench.report.dataset import dataset_section
@@ -66,13 +66,10 @@ def colours(tmp_path):
 
 
 def cfg(root, **kw) -> DataConfig:
-    base = dict(source="imagefolder", image_size=SIZE, root=str(root), allow_download=False,
-                skip_corrupt=False, channels="auto", fast_decode=None)
-    return DataConfig(**{**base, **kw})
+    return imagefolder_cfg(root, SIZE, **kw)
 
 
-def _bytes(cache_dir) -> dict:
-    return {n: (cache_dir / n).read_bytes() for n in [*FILES, "manifest.json"]}
+_bytes = cache_bytes
 
 
 def _images(cache_dir) -> np.ndarray:

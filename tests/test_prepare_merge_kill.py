@@ -49,19 +49,23 @@ class _OsKilledOnMove:
         return os.replace(src, dst)
 
 
+def _written(name_ends: str):
+    """atomic_write_bytes, killed right after it wrote a file whose name ends so."""
+    return lambda f: _after(f, lambda path, _: path.name.endswith(name_ends))
+
+
 KILLS = {
     "new files written, no journal": ("_compacted_files", _after),
-    "journal written, no move": ("atomic_write_bytes",
-                                 lambda f: _after(f, lambda p, b: p.name.endswith("_compacted.json"))),
+    "journal written, no move": ("atomic_write_bytes", _written("_compacted.json")),
     "images moved, labels not": ("os", None),
-    "manifest written, plan kept": ("atomic_write_bytes",
-                                    lambda f: _after(f, lambda p, b: p.name == cache.MANIFEST)),
-    "plan dropped, markers kept": ("_drop_plan", _before),
+    "manifest written, plan kept": ("atomic_write_bytes", _written(cache.MANIFEST)),
+    "plan dropped, markers kept": ("drop_plan", _before),
 }
 
 
 @pytest.mark.parametrize("where", [*KILLS, "swapping in"])
-def test_a_merge_killed_anywhere_finishes_on_the_rerun(where, tree, tmp_path, monkeypatch):  # noqa: F811
+def test_a_merge_killed_anywhere_finishes_on_the_rerun(where, tree, tmp_path,  # noqa: F811
+                                                       monkeypatch):
     (tree / "train" / "c2" / "broken.jpg").write_bytes(b"not a jpeg")  # a row to leave out
     data = cfg(tree, skip_corrupt=True)
     monkeypatch.setattr(stream, "CHUNK_BYTES", 1)

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from hostile import run_cli
+from conftest import cache_bytes, imagefolder_cfg
 from pixbench.config import DataConfig
 from pixbench.data import shards, stream
-from pixbench.data.cache import FILES, load_cache, verify_cache
+from pixbench.data.cache import load_cache, verify_cache
 from pixbench.data.prepare import decode_file, prepare
 from pixbench.data.sources import scan_image_folder
 from pixbench.errors import UserError
@@ -47,13 +48,10 @@ def tree(tmp_path):
 
 
 def cfg(root, **kw) -> DataConfig:
-    base = dict(source="imagefolder", image_size=SIZE, root=str(root), allow_download=False,
-                skip_corrupt=False, channels="auto", fast_decode=None)
-    return DataConfig(**{**base, **kw})
+    return imagefolder_cfg(root, SIZE, **kw)
 
 
-def _bytes(cache_dir) -> dict:
-    return {n: (cache_dir / n).read_bytes() for n in [*FILES, "manifest.json"]}
+_bytes = cache_bytes
 
 
 def test_streamed_cache_equals_a_plain_in_memory_decode(tree, tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ def _prepared(spec, paths) -> dict | None:
     import json
     import sys
 
-    from pixbench.data.cache import load_cache, what_verify_checks
+    from pixbench.data.cache import load_cache
     from pixbench.runio import atomic_write_json
     from pixbench.tasks.prepare import data_identity
 
@@ -170,6 +170,20 @@ def _prepared(spec, paths) -> dict | None:
             "counts": manifest["counts"],
             "image_size": manifest["image_size"], "channels": manifest["channels"],
             "num_classes": manifest["num_classes"]}
+
+
+def what_verify_checks(cache_dir, manifest: dict) -> str:
+    """What `load_cache(verify=True)` checked of this cache, in one line (`data verify`: all)."""
+    from pixbench.data.cache import FULL_HASH_MAX, PROBE_BLOCK, PROBE_BLOCKS
+
+    big = [f"{n} ({i['bytes'] / (1 << 30):.2f} GiB)" for n, i in sorted(manifest["files"].items())
+           if i["bytes"] > FULL_HASH_MAX]
+    if not big:
+        return f"{cache_dir}: every byte checked against its manifest's sha256"
+    sampled = ", ".join(big)
+    return (f"{cache_dir}: checked its manifest, sizes and shapes, every byte of its files up to "
+            f"{FULL_HASH_MAX >> 20} MiB and a sample of {PROBE_BLOCKS} x {PROBE_BLOCK >> 10} KiB "
+            f"of {sampled}; `pixbench data verify` reads every byte")
 
 
 def launch(spec, paths, *, launcher: str | None, cluster: str | None,

@@ -367,18 +367,6 @@ def _check_file(path: Path, info: dict, verify: bool, full: bool) -> None:
                         "re-run `pixbench data prepare`)")
 
 
-def what_verify_checks(cache_dir: Path, manifest: dict) -> str:
-    """What `load_cache(verify=True)` checked of this cache, in one line: every byte of the
-    files up to FULL_HASH_MAX, a sample of the larger ones (which `data verify` reads whole)."""
-    big = {n: i["bytes"] for n, i in sorted(manifest["files"].items()) if i["bytes"] > FULL_HASH_MAX}
-    if not big:
-        return f"{cache_dir}: every byte checked against its manifest's sha256"
-    sampled = ", ".join(f"{n} ({b / (1 << 30):.2f} GiB)" for n, b in big.items())
-    return (f"{cache_dir}: checked its manifest, sizes and shapes, every byte of its files up to "
-            f"{FULL_HASH_MAX >> 20} MiB and a sample of {PROBE_BLOCKS} x {PROBE_BLOCK >> 10} KiB "
-            f"of {sampled}; `pixbench data verify` reads every byte")
-
-
 def load_cache(cache_dir: Path, verify: bool = True, full: bool = False) -> CachedDataset:
     """Memory-map a cache after checking it against its manifest: sizes, dtypes and shapes
     always; with verify, the quick hash (whole file when small); with full, every byte."""

@@ -32,8 +32,8 @@ from pixbench.data import cache, npyfile, stats, workdir
 from pixbench.data.decode import by_pixels, decode_file, to_channels
 from pixbench.data.sources import check_same_classes, listed, shown
 from pixbench.data.workdir import (DONE, PLAN, PLAN_VERSION, cache_of, chunk_ids,  # noqa: F401
-                                   chunk_names, is_done, missing, read_plan, shard, work_dir,
-                                   writing)
+                                   chunk_names, drop_plan, is_done, merged, missing, read_plan,
+                                   shard, work_dir, writing)
 from pixbench.errors import UserError
 from pixbench.procs import worker_dies_with
 from pixbench.runio import atomic_write_bytes
@@ -340,17 +340,11 @@ def _rebatch(blocks, step: int):
         yield np.concatenate(buf)
 
 
-def merged(work: Path) -> bool:
-    """The merge wrote this work dir's manifest and dropped its plan but was killed before the
-    swap-in: its cache is whole, and `finish` only swaps it in."""
-    return (work / cache.MANIFEST).is_file() and not (work / PLAN).is_file()
-
-
 def finish(work: Path) -> dict:
     """Merge: statistics, unreadable files, channels, hashes, manifest, swap in."""
     if merged(work):  # checked like any cache before it replaces the one in place
         manifest = cache.load_cache(work, verify=True).manifest
-        _drop_plan(work)
+        drop_plan(work)
         cache.swap_in(work, cache_of(work))
         return manifest
     plan = read_plan(work)
@@ -383,17 +377,9 @@ def finish(work: Path) -> dict:
         atomic_write_bytes(work / cache.MANIFEST,
                            (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     (work / PLAN).unlink()  # from here on the work dir is `merged`: a rerun swaps it in
-    _drop_plan(work)
+    drop_plan(work)
     cache.swap_in(work, out_dir)
     return manifest
-
-
-def _drop_plan(work: Path) -> None:
-    """The plan's markers and paths: not part of the cache."""
-    shutil.rmtree(work / DONE, ignore_errors=True)
-    for s in cache.SPLITS:
-        for name in (f"{s}_paths.bin", f"{s}_paths.idx", f"{s}_compacted.json"):
-            (work / name).unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,20 @@ def shard(ids: list, k: int, shards: int) -> list:
     """The k-th of `shards` contiguous, disjoint, near-equal ranges of chunk ids."""
     lo, hi = len(ids) * k // shards, len(ids) * (k + 1) // shards
     return ids[lo:hi]
+
+
+def merged(work: Path) -> bool:
+    """The merge wrote this work dir's manifest and dropped its plan but was killed before the
+    swap-in: its cache is whole, and `finish` only swaps it in."""
+    return (work / cache.MANIFEST).is_file() and not (work / PLAN).is_file()
+
+
+def drop_plan(work: Path) -> None:
+    """The plan's markers and paths: not part of the cache."""
+    shutil.rmtree(work / DONE, ignore_errors=True)
+    for s in cache.SPLITS:
+        for name in (f"{s}_paths.bin", f"{s}_paths.idx", f"{s}_compacted.json"):
+            (work / name).unlink(missing_ok=True)
 
 
 def marker(work: Path, split: str, i: int) -> Path:
