@@ -1,7 +1,8 @@
 """The loader under spawn and forkserver (issue 26): a DataLoader worker started so gets its
 dataset pickled, and an np.memmap pickles every byte it maps. `Rows` travels as a reference to
 its file instead, so each worker's memory is the rows it reads, whatever the cache's size;
-the batches are bitwise those of the training process."""
+the batches are bitwise those of the training process; and a forkserver's workers die with
+the killed training process, though it is not their parent."""
 
 from __future__ import annotations
 
@@ -118,3 +119,46 @@ def test_spawned_workers_hold_their_rows_not_the_cache(caches, start_method):
             assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, here))
     assert private["small"] > 50 * MiB  # the worker was measured (it imported torch)
     assert private["large"] - private["small"] < 16 * MiB, private
+
+
+ORPHAN_SCRIPT = """
+import sys, time, numpy as np, psutil
+sys.path[:0] = [{tests!r}]
+from test_loader_spawn import batches, dataset, rows_of
+
+if __name__ == "__main__":
+    gen = batches(dataset(rows_of({path!r})), 0, workers=2, start_method="forkserver")
+    next(gen)
+    print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_forkserver_workers_die_with_a_killed_training_process(caches, tmp_path):
+    """SIGKILL of the process training: its loader workers (children of the fork server, not
+    of it) go too: the fork server exits with its parent, and the workers' PDEATHSIG with it
+    (procs.worker_dies_with, which must not mistake the fork server for a new parent)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "train.py"
+    script.write_text(ORPHAN_SCRIPT.format(tests=str(Path(__file__).parent),
+                                           path=str(caches["small"])))
+    log = (tmp_path / "stderr").open("w")  # the killed run's resource tracker warns there
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=log,
+                            text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        workers = [p for p in pids if psutil.Process(p).ppid() != proc.pid]  # the server's
+        assert len(workers) >= 2, pids
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while (alive := [p for p in pids if psutil.pid_exists(p)
+                     and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, [psutil.Process(p).cmdline() for p in alive]

@@ -7,8 +7,11 @@ A base module (standard library only) so that data loaders, study workers and th
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
+import threading
+import time
 
 PR_SET_PDEATHSIG = 1
 
@@ -35,10 +38,29 @@ def worker_dies_with(parent: int, signum: int = signal.SIGKILL) -> None:
     a parent already gone (pid changed: reparented) ends it now.
 
     Under forkserver (Python 3.14's default on Linux) the worker's parent is the fork server,
-    not `parent`: the signal then comes when the server goes, which it does when `parent`
-    does (it watches a pipe from it); so only a changed parent *and* `parent` gone end it."""
-    if pdeathsig(signum) and os.getppid() != parent and not _alive(parent):
+    not `parent`, and the server outlives `parent` while any worker lives (every worker holds
+    the write end of the pipe whose EOF ends it; torch's own watchdog checks the server too):
+    SIGKILL the training process and its loader workers, server and all, would sleep forever
+    (tests/test_loader_spawn.py). So such a worker watches `parent` itself (_watch)."""
+    if not pdeathsig(signum) or os.getppid() == parent:
+        return
+    if not _alive(parent):
         os.kill(os.getpid(), signum)
+    threading.Thread(target=_watch, args=(parent, signum), daemon=True,
+                     name="pixbench-parent-watch").start()
+
+
+def _watch(parent: int, signum: int) -> None:
+    """`signum` to this process once `parent` ends: a pidfd (readable when the process
+    exits, Linux >= 5.3) or, where there is none, a check a second."""
+    try:
+        fd = os.pidfd_open(parent)
+    except (AttributeError, OSError):
+        while _alive(parent):
+            time.sleep(1.0)
+    else:
+        select.select([fd], [], [])
+    os.kill(os.getpid(), signum)
 
 
 def _alive(pid: int) -> bool:
